@@ -1,0 +1,148 @@
+"""Alert records: the kernels decide *when* an alert opens, escalates or resolves; this module
+turns those events into records with names, ids and messages, and tracks what is open.
+
+Lifecycle per (channel, rule), decided in ``kernels.bank``::
+
+    idle --condition--> pending --held for min_duration--> OPEN --cleared for hold--> resolved
+                           |                                 |  ^
+                           +--condition gone--> idle         |  +-- condition back: stays open
+                                                             +--severity rises--> update
+
+An alert that opened ``flap_max`` times within ``flap_window_s`` is flapping: it then needs
+``flap_hold_s`` of clear readings to resolve, so it stays one alert instead of many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from streamproc.kernels.rules import EV_OPEN, EV_RESOLVE, EV_UPDATE, RULES, SEVERITIES
+from streamproc.registry import Registry
+from streamproc.times import format_ms
+
+EVENT_NAMES = {EV_OPEN: "open", EV_UPDATE: "update", EV_RESOLVE: "resolve"}
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: str
+    event: str  # open | update | resolve
+    channel: int
+    device: str
+    metric: str
+    kind: str
+    group: str
+    rule: str
+    severity: str  # info | warning | critical
+    state: str  # open | resolved
+    ts_ms: int  # event time of this event
+    opened_at_ms: int
+    resolved_at_ms: int | None
+    peak_value: float
+    score: float
+    message: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "event": self.event,
+            "channel": f"{self.device}/{self.metric}",
+            "device": self.device,
+            "metric": self.metric,
+            "kind": self.kind,
+            "group": self.group,
+            "rule": self.rule,
+            "severity": self.severity,
+            "state": self.state,
+            "ts": format_ms(self.ts_ms),
+            "opened_at": format_ms(self.opened_at_ms),
+            "resolved_at": None if self.resolved_at_ms is None else format_ms(self.resolved_at_ms),
+            "peak_value": None if self.peak_value != self.peak_value else self.peak_value,
+            "score": round(self.score, 4),
+            "message": self.message,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class Events:
+    """Alert events from the kernels, as columns (one row per event)."""
+
+    channel: np.ndarray  # int32
+    rule: np.ndarray  # int8, index into RULES
+    kind: np.ndarray  # int8, EV_OPEN / EV_UPDATE / EV_RESOLVE
+    ts_ms: np.ndarray  # int64, event time of the event
+    opened_ms: np.ndarray  # int64, when the alert opened
+    peak: np.ndarray  # float64, most extreme value while open (dropout: gap in seconds)
+    score: np.ndarray  # float32, highest anomaly score while open
+    severity: np.ndarray  # int8, index into SEVERITIES
+
+    def __len__(self) -> int:
+        return len(self.channel)
+
+
+def _message(rule: str, event: str, names: dict[str, str], peak: float, sev: str) -> str:
+    what = f"{names['kind']} {names['device']} {names['metric']}"
+    if rule == "dropout":
+        detail = f"no reading for {peak:.0f} s"
+    elif rule == "flatline":
+        detail = f"stuck at {peak:.6g}"
+    elif rule == "zscore":
+        detail = f"unusual value {peak:.6g}"
+    else:
+        detail = f"limit breached, peak {peak:.6g}"
+    verb = {"open": "opened", "update": "escalated", "resolve": "resolved"}[event]
+    return f"{sev} {rule} alert {verb}: {what}: {detail}"
+
+
+class AlertBook:
+    """Turns kernel events into Alert records and keeps the set of open alerts."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.open: dict[tuple[int, int], Alert] = {}
+        self.opened_total = 0
+
+    def apply(self, ev: Events) -> list[Alert]:
+        out = []
+        for i in range(len(ev)):
+            c, r = int(ev.channel[i]), int(ev.rule[i])
+            kind = int(ev.kind[i])
+            names = self.registry.describe(c)
+            rule = RULES[r]
+            event = EVENT_NAMES[kind]
+            sev = SEVERITIES[int(ev.severity[i])]
+            opened = int(ev.opened_ms[i])
+            ts = int(ev.ts_ms[i])
+            peak = float(ev.peak[i])
+            alert = Alert(
+                id=f"{names['device']}/{names['metric']}/{rule}/{opened}",
+                event=event,
+                channel=c,
+                device=names["device"],
+                metric=names["metric"],
+                kind=names["kind"],
+                group=names["group"],
+                rule=rule,
+                severity=sev,
+                state="resolved" if kind == EV_RESOLVE else "open",
+                ts_ms=ts,
+                opened_at_ms=opened,
+                resolved_at_ms=ts if kind == EV_RESOLVE else None,
+                peak_value=peak,
+                score=float(ev.score[i]),
+                message=_message(rule, event, names, peak, sev),
+            )
+            if kind == EV_RESOLVE:
+                self.open.pop((c, r), None)
+            else:
+                if kind == EV_OPEN:
+                    self.opened_total += 1
+                self.open[(c, r)] = alert
+            out.append(alert)
+        return out

@@ -1,0 +1,346 @@
+"""TOML configuration -> typed, validated settings.
+
+Every setting has a default, so ``load(None)`` gives a working configuration. Errors name
+the offending key and the reason (``ConfigError("rules.zscore.z_open", "must be > 0")``).
+Durations are in seconds in the file (keys end in ``_s``) and stay seconds here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_origin, get_type_hints
+
+from streamproc.times import parse_rfc3339_ms
+from streamproc.topics import TopicPattern
+
+RULE_NAMES = ("threshold", "zscore", "flatline", "dropout")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    patterns: tuple[str, ...] = (
+        "city/{group}/{kind}/{device}/{metric}",
+        "city/{group}/{kind}/{device}",
+    )
+    max_payload_bytes: int = 65536
+    max_future_s: float = 300.0
+    min_ts: str = "2000-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    kinds: tuple[str, ...] = ("air", "traffic", "pipe")
+    max_channels: int = 1_000_000
+    sensors: str = ""
+    register_unknown: bool = True
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_readings: int = 10_000
+    max_delay_ms: int = 100
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    window: int = 64
+    tick_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    hold_s: float = 300.0
+    flap_window_s: float = 3600.0
+    flap_max: int = 3
+    flap_hold_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    enabled: bool = True
+    interval_s: float = 300.0
+    grace_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    dir: str = "out"
+
+
+@dataclass(frozen=True)
+class ZScoreParams:
+    enabled: bool = True
+    z_open: float = 6.0
+    z_close: float = 3.0
+    z_critical: float = 12.0
+    min_std: float = 0.0
+    min_readings: int = 16
+
+
+@dataclass(frozen=True)
+class FlatlineParams:
+    enabled: bool = True
+    min_readings: int = 12
+    min_duration_s: float = 3600.0
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class DropoutParams:
+    enabled: bool = True
+    factor: float = 5.0
+    min_gap_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    """Absolute limits with hysteresis; NaN (unset) disables a side."""
+
+    above: float = float("nan")
+    critical_above: float = float("nan")
+    clear_below: float = float("nan")
+    below: float = float("nan")
+    critical_below: float = float("nan")
+    clear_above: float = float("nan")
+    min_duration_s: float = 0.0
+
+
+RULE_PARAMS: dict[str, type] = {
+    "zscore": ZScoreParams,
+    "flatline": FlatlineParams,
+    "dropout": DropoutParams,
+}
+
+
+# Limits from public air-quality standards (ug/m3); see configs/city.example.toml for sources.
+DEFAULT_THRESHOLDS: dict[str, ThresholdParams] = {
+    "air.pm25": ThresholdParams(above=75, clear_below=65, critical_above=150, min_duration_s=600),
+    "air.pm10": ThresholdParams(above=150, clear_below=130, critical_above=350, min_duration_s=600),
+    "air.no2": ThresholdParams(above=200, clear_below=180, critical_above=400, min_duration_s=600),
+    "air.o3": ThresholdParams(above=180, clear_below=160, critical_above=240, min_duration_s=600),
+    "pipe.pressure": ThresholdParams(
+        below=1.0, clear_above=1.2, critical_below=0.5, above=10.0, clear_below=9.5
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RuleTable:
+    """Parameters of one rule: a base set and overrides per ``kind`` or ``kind.metric``."""
+
+    base: Any
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def for_channel(self, kind: str, metric: str) -> Any:
+        return self.overrides.get(f"{kind}.{metric}") or self.overrides.get(kind) or self.base
+
+
+@dataclass(frozen=True)
+class Settings:
+    input: InputSettings = InputSettings()
+    channels: ChannelSettings = ChannelSettings()
+    batch: BatchSettings = BatchSettings()
+    detect: DetectSettings = DetectSettings()
+    alerts: AlertSettings = AlertSettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
+    output: OutputSettings = OutputSettings()
+    rules: dict[str, RuleTable] = field(
+        default_factory=lambda: {n: RuleTable(cls()) for n, cls in RULE_PARAMS.items()}
+    )
+    thresholds: dict[str, ThresholdParams] = field(
+        default_factory=lambda: dict(DEFAULT_THRESHOLDS)
+    )
+
+    def threshold_for(self, kind: str, metric: str) -> ThresholdParams:
+        return self.thresholds.get(f"{kind}.{metric}", _NO_THRESHOLD)
+
+
+_NO_THRESHOLD = ThresholdParams()
+
+_SECTIONS: dict[str, type] = {
+    "input": InputSettings,
+    "channels": ChannelSettings,
+    "batch": BatchSettings,
+    "detect": DetectSettings,
+    "alerts": AlertSettings,
+    "snapshots": SnapshotSettings,
+    "output": OutputSettings,
+}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check one TOML value against a field annotation."""
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if get_origin(typ) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(key, f"unsupported type {typ}")  # pragma: no cover
+
+
+def _build(cls: type, table: Any, prefix: str, base: Any = None) -> Any:
+    """Make dataclass ``cls`` from a TOML table, starting from ``base`` (or defaults)."""
+    if not isinstance(table, dict):
+        raise ConfigError(prefix, "must be a table")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(sorted(names))})")
+        values[key] = _coerce(f"{prefix}.{key}", value, hints[key])
+    return dataclasses.replace(base if base is not None else cls(), **values)
+
+
+def _check_positive(key: str, value: float, strict: bool = True) -> None:
+    if value < 0 or (strict and value == 0):
+        raise ConfigError(key, f"must be {'>' if strict else '>='} 0, got {value}")
+
+
+def _validate(s: Settings) -> None:
+
+    if not s.input.patterns:
+        raise ConfigError("input.patterns", "needs at least one topic pattern")
+    for i, pattern in enumerate(s.input.patterns):
+        try:
+            TopicPattern(pattern)
+        except ValueError as exc:
+            raise ConfigError(f"input.patterns[{i}]", str(exc)) from None
+    _check_positive("input.max_payload_bytes", s.input.max_payload_bytes)
+    _check_positive("input.max_future_s", s.input.max_future_s, strict=False)
+    try:
+        parse_rfc3339_ms(s.input.min_ts)
+    except ValueError:
+        raise ConfigError("input.min_ts", f"not an RFC 3339 time: {s.input.min_ts!r}") from None
+    if not s.channels.kinds:
+        raise ConfigError("channels.kinds", "needs at least one kind")
+    _check_positive("channels.max_channels", s.channels.max_channels)
+    if s.channels.sensors and not Path(s.channels.sensors).is_file():
+        raise ConfigError("channels.sensors", f"no such file: {s.channels.sensors}")
+    _check_positive("batch.max_readings", s.batch.max_readings)
+    _check_positive("batch.max_delay_ms", s.batch.max_delay_ms)
+    if not 4 <= s.detect.window <= 4096:
+        raise ConfigError("detect.window", f"must be between 4 and 4096, got {s.detect.window}")
+    _check_positive("detect.tick_s", s.detect.tick_s)
+    _check_positive("alerts.hold_s", s.alerts.hold_s, strict=False)
+    _check_positive("alerts.flap_window_s", s.alerts.flap_window_s, strict=False)
+    _check_positive("alerts.flap_max", s.alerts.flap_max)
+    _check_positive("alerts.flap_hold_s", s.alerts.flap_hold_s, strict=False)
+    _check_positive("snapshots.interval_s", s.snapshots.interval_s)
+    if not 0 <= s.snapshots.grace_s < s.snapshots.interval_s:
+        raise ConfigError("snapshots.grace_s", "must be >= 0 and < snapshots.interval_s")
+    for name, table in s.rules.items():
+        for scope, p in [("", table.base), *table.overrides.items()]:
+            key = f"rules.{name}" + (f".overrides.{scope}" if scope else "")
+            if isinstance(p, ZScoreParams):
+                _check_positive(f"{key}.z_open", p.z_open)
+                if not 0 <= p.z_close <= p.z_open <= p.z_critical:
+                    raise ConfigError(key, "needs 0 <= z_close <= z_open <= z_critical")
+                _check_positive(f"{key}.min_std", p.min_std, strict=False)
+                if not 2 <= p.min_readings <= s.detect.window:
+                    raise ConfigError(f"{key}.min_readings", "must be between 2 and detect.window")
+            elif isinstance(p, FlatlineParams):
+                _check_positive(f"{key}.min_readings", p.min_readings)
+                _check_positive(f"{key}.min_duration_s", p.min_duration_s, strict=False)
+                _check_positive(f"{key}.tolerance", p.tolerance, strict=False)
+            elif isinstance(p, DropoutParams):
+                _check_positive(f"{key}.factor", p.factor)
+                _check_positive(f"{key}.min_gap_s", p.min_gap_s, strict=False)
+    for name, t in s.thresholds.items():
+        key = f"thresholds.{name}"
+        if name.count(".") != 1:
+            raise ConfigError(key, "name must be 'kind.metric'")
+        _check_positive(f"{key}.min_duration_s", t.min_duration_s, strict=False)
+        if t.above == t.above and t.clear_below == t.clear_below and t.clear_below > t.above:
+            raise ConfigError(f"{key}.clear_below", "must be <= above")
+        if t.below == t.below and t.clear_above == t.clear_above and t.clear_above < t.below:
+            raise ConfigError(f"{key}.clear_above", "must be >= below")
+
+
+def _rule_table(name: str, raw: Any) -> RuleTable:
+    cls = RULE_PARAMS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"rules.{name}", "must be a table")
+    raw = dict(raw)
+    overrides_raw = raw.pop("overrides", {})
+    base = _build(cls, raw, f"rules.{name}")
+    if not isinstance(overrides_raw, dict):
+        raise ConfigError(f"rules.{name}.overrides", "must be a table")
+    overrides = {}
+    for scope, sub in overrides_raw.items():
+        # a kind.metric override starts from the kind override when there is one
+        start = overrides.get(scope.split(".")[0], base) if "." in scope else base
+        overrides[scope] = _build(cls, sub, f"rules.{name}.overrides.{scope}", start)
+    return RuleTable(base, overrides)
+
+
+def from_dict(doc: dict[str, Any]) -> Settings:
+    """Settings from a parsed TOML document; raises ConfigError."""
+    values: dict[str, Any] = {}
+    for key, raw in doc.items():
+        if key in _SECTIONS:
+            values[key] = _build(_SECTIONS[key], raw, key)
+        elif key == "rules":
+            if not isinstance(raw, dict):
+                raise ConfigError("rules", "must be a table")
+            rules = Settings().rules
+            for name, sub in raw.items():
+                if name not in RULE_PARAMS:
+                    known = ", ".join(RULE_PARAMS)
+                    raise ConfigError(f"rules.{name}", f"unknown rule (known: {known})")
+                rules[name] = _rule_table(name, sub)
+            values["rules"] = rules
+        elif key == "thresholds":
+            if not isinstance(raw, dict):
+                raise ConfigError("thresholds", "must be a table")
+            thresholds = dict(DEFAULT_THRESHOLDS)
+            for name, sub in raw.items():
+                thresholds[name] = _build(ThresholdParams, sub, f"thresholds.{name}")
+            values["thresholds"] = thresholds
+        else:
+            known = ", ".join([*_SECTIONS, "rules", "thresholds"])
+            raise ConfigError(key, f"unknown section (known: {known})")
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def load(path: str | Path | None) -> Settings:
+    """Read and validate a TOML file; ``None`` gives the defaults."""
+    if path is None:
+        return from_dict({})
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return from_dict(doc)
