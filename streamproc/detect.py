@@ -1,0 +1,349 @@
+"""The detector: owns the per-channel state arrays, the event-time timers and the kernel bank.
+
+``process(batch)`` runs a batch and returns what came out of it, in event-time order of the
+timers: alert ``Events`` and ``IntervalClosed`` snapshots. Timers fire between readings::
+
+    readings   r0   r1   r2 | r3   r4 ...        (r3 moves the watermark past a timer)
+    timers                 ^ dropout tick / snapshot close, then r3 is processed
+
+so results depend only on the order of readings, not on batch boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamproc import counters as C
+from streamproc.alerts import Events
+from streamproc.batch import Batch
+from streamproc.config import ChannelSettings, Settings
+from streamproc.kernels import bank
+from streamproc.kernels.bank import NEVER
+from streamproc.kernels.rules import N_RULES, ST_OPEN
+from streamproc.registry import Registry
+
+EVENT_CAPACITY = 65_536
+
+
+@dataclass(frozen=True)
+class ChannelRows:
+    """Per-channel aggregates of one snapshot interval (channels that had readings)."""
+
+    channel: np.ndarray  # int32
+    count: np.ndarray  # int32
+    min: np.ndarray  # float64
+    max: np.ndarray  # float64
+    mean: np.ndarray  # float64
+    last: np.ndarray  # float64
+    last_ts_ms: np.ndarray  # int64
+    max_score: np.ndarray  # float32
+    open_alerts: np.ndarray  # int16
+
+    def __len__(self) -> int:
+        return len(self.channel)
+
+
+@dataclass(frozen=True)
+class IntervalClosed:
+    start_ms: int
+    end_ms: int
+    rows: ChannelRows
+
+
+Output = Events | IntervalClosed
+
+# name -> (dtype, trailing shape, fill); every array's first axis is the channel
+# (the two-slot aggregates are stored [channel, 2] for locality)
+def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
+    return {
+        "ring": (np.float32, (window,), np.nan),
+        "pos": (np.int32, (), 0),
+        "cnt": (np.int32, (), 0),
+        "s1": (np.float64, (), 0.0),
+        "s2": (np.float64, (), 0.0),
+        "last_ts": (np.int64, (), NEVER),
+        "ival": (np.float64, (), 0.0),
+        "flat_n": (np.int32, (), 0),
+        "flat_t0": (np.int64, (), NEVER),
+        "st": (np.int8, (N_RULES,), 0),
+        "a_sev": (np.int8, (N_RULES,), 0),
+        "a_flap": (np.int8, (N_RULES,), 0),
+        "a_since": (np.int64, (N_RULES,), NEVER),
+        "a_opened": (np.int64, (N_RULES,), NEVER),
+        "a_last_open": (np.int64, (N_RULES,), NEVER),
+        "a_peak": (np.float64, (N_RULES,), np.nan),
+        "a_score": (np.float32, (N_RULES,), 0.0),
+        "agg_n": (np.int32, (2,), 0),
+        "agg_sum": (np.float64, (2,), 0.0),
+        "agg_min": (np.float64, (2,), np.nan),
+        "agg_max": (np.float64, (2,), np.nan),
+        "agg_last": (np.float64, (2,), np.nan),
+        "agg_last_ts": (np.int64, (2,), NEVER),
+        "agg_score": (np.float32, (2,), 0.0),
+    }
+
+
+_AGG = ("agg_n", "agg_sum", "agg_min", "agg_max", "agg_last", "agg_last_ts", "agg_score")
+
+
+def build_params(settings: Settings, registry: Registry) -> np.ndarray:
+    """One row of kernel parameters per profile (kind.metric) known to the registry."""
+    prm = np.full((max(len(registry.profiles), 1), bank.N_PARAMS), np.nan)
+    for p in range(len(registry.profiles)):
+        kind, metric = registry.profile_kind_metric(p)
+        th = settings.threshold_for(kind, metric)
+        z = settings.rules["zscore"].for_channel(kind, metric)
+        fl = settings.rules["flatline"].for_channel(kind, metric)
+        do = settings.rules["dropout"].for_channel(kind, metric)
+        row = prm[p]
+        row[bank.P_TH_ABOVE] = th.above
+        row[bank.P_TH_CRIT_ABOVE] = th.critical_above
+        row[bank.P_TH_CLEAR_BELOW] = th.clear_below
+        row[bank.P_TH_BELOW] = th.below
+        row[bank.P_TH_CRIT_BELOW] = th.critical_below
+        row[bank.P_TH_CLEAR_ABOVE] = th.clear_above
+        row[bank.P_TH_MIN_MS] = th.min_duration_s * 1000
+        row[bank.P_Z_ON] = z.enabled
+        row[bank.P_Z_OPEN] = z.z_open
+        row[bank.P_Z_CLOSE] = z.z_close
+        row[bank.P_Z_CRIT] = z.z_critical
+        row[bank.P_Z_MIN_STD] = z.min_std
+        row[bank.P_Z_MIN_N] = z.min_readings
+        row[bank.P_FL_ON] = fl.enabled
+        row[bank.P_FL_MIN_N] = fl.min_readings
+        row[bank.P_FL_MIN_MS] = fl.min_duration_s * 1000
+        row[bank.P_FL_TOL] = fl.tolerance
+        row[bank.P_DO_ON] = do.enabled
+        row[bank.P_DO_FACTOR] = do.factor
+        row[bank.P_DO_MIN_GAP_MS] = do.min_gap_s * 1000
+    return prm
+
+
+class Detector:
+    def __init__(self, settings: Settings, registry: Registry, counters: C.Counters):
+        self.registry = registry
+        self.counters = counters
+        self.window = settings.detect.window
+        self.spec = _state_spec(self.window)
+        self.state: dict[str, np.ndarray] = {}
+        self.capacity = 0
+        self._grow(1024)
+        self.wm = NEVER  # watermark: largest accepted event time
+        self.next_tick = NEVER  # next dropout sweep
+        self.open_k: int | None = None  # oldest snapshot interval not yet written
+        self.counts = np.zeros(2, np.int64)
+        self.ev = {
+            "ch": np.empty(EVENT_CAPACITY, np.int32),
+            "rule": np.empty(EVENT_CAPACITY, np.int8),
+            "kind": np.empty(EVENT_CAPACITY, np.int8),
+            "ts": np.empty(EVENT_CAPACITY, np.int64),
+            "opened": np.empty(EVENT_CAPACITY, np.int64),
+            "peak": np.empty(EVENT_CAPACITY, np.float64),
+            "score": np.empty(EVENT_CAPACITY, np.float32),
+            "sev": np.empty(EVENT_CAPACITY, np.int8),
+        }
+        self.reload(settings)
+
+    def reload(self, settings: Settings) -> None:
+        """Take new detector settings; window state and open alerts are kept."""
+        if settings.detect.window != self.window:
+            raise ValueError("detect.window cannot change while running")
+        self.settings = settings
+        self.tick_ms = round(settings.detect.tick_s * 1000)
+        self.interval_ms = round(settings.snapshots.interval_s * 1000)
+        self.grace_ms = round(settings.snapshots.grace_s * 1000)
+        self.max_future_ms = round(settings.input.max_future_s * 1000)
+        a = settings.alerts
+        self.g = np.zeros(bank.N_GLOBALS)
+        self.g[bank.G_HOLD_MS] = a.hold_s * 1000
+        self.g[bank.G_FLAP_WINDOW_MS] = a.flap_window_s * 1000
+        self.g[bank.G_FLAP_MAX] = a.flap_max
+        self.g[bank.G_FLAP_HOLD_MS] = a.flap_hold_s * 1000
+        self.g[bank.G_INTERVAL_MS] = self.interval_ms
+        self.prm = build_params(settings, self.registry)
+        self.n_profiles = len(self.registry.profiles)
+
+    def _grow(self, need: int) -> None:
+        cap = max(self.capacity, 1024)
+        while cap < need:
+            cap *= 2
+        if cap == self.capacity:
+            return
+        for name, (dtype, shape, fill) in self.spec.items():
+            new = np.full((cap, *shape), fill, dtype)
+            old = self.state.get(name)
+            if old is not None:
+                new[: len(old)] = old
+            self.state[name] = new
+        self.capacity = cap
+
+    def _sync(self) -> None:
+        """Make room for channels and profiles the registry learnt since the last batch."""
+        if self.registry.n > self.capacity:
+            self._grow(self.registry.n)
+        if len(self.registry.profiles) != self.n_profiles:
+            self.prm = build_params(self.settings, self.registry)
+            self.n_profiles = len(self.registry.profiles)
+
+    # -- processing ---------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> tuple[list[Output], np.ndarray]:
+        """Run a batch; returns the outputs and one anomaly score per reading (NaN if dropped)."""
+        self._sync()
+        n = len(batch)
+        scores = np.full(n, np.nan, np.float32)
+        if n == 0:
+            return [], scores
+        accept = np.empty(n, np.bool_)
+        wm_after = np.empty(n, np.int64)
+        self.wm = bank.advance_watermark(batch.ts_ms, self.wm, self.max_future_ms, accept,
+                                         wm_after)  # fmt: skip
+        keep = None
+        if not accept.all():
+            keep = np.flatnonzero(accept)
+            self.counters.drop(C.FAR_FUTURE, n - len(keep), "event time too far ahead")
+            batch = Batch(batch.idx[keep], batch.ts_ms[keep], batch.value[keep])
+            wm_after = wm_after[keep]
+        sub_scores = np.full(len(batch), np.nan, np.float32)
+        outputs: list[Output] = []
+        if self.open_k is None and len(batch):
+            t0 = int(batch.ts_ms[0])
+            self.open_k = t0 // self.interval_ms
+            self.next_tick = (t0 // self.tick_ms + 1) * self.tick_ms
+        a, m = 0, len(batch)
+        while a < m:
+            due = min(self.next_tick, self._close_boundary())
+            j = a + int(np.searchsorted(wm_after[a:], due, side="left"))
+            self._run(batch, a, j, sub_scores, outputs)
+            if j == m:
+                break
+            self._fire_timers(int(wm_after[j]), outputs)
+            a = j
+        if keep is None:
+            scores = sub_scores
+        else:
+            scores[keep] = sub_scores
+        return outputs, scores
+
+    def _close_boundary(self) -> int:
+        assert self.open_k is not None
+        return (self.open_k + 1) * self.interval_ms + self.grace_ms
+
+    def _run(self, batch: Batch, a: int, b: int, scores: np.ndarray, outputs: list[Output]) -> None:
+        s = self.state
+        ev = self.ev
+        late_before = (self.open_k or 0) * self.interval_ms
+        before = self.counts.copy()
+        n_in = b - a
+        while a < b:
+            a, ne = bank.process_readings(
+                batch.idx, batch.ts_ms, batch.value, a, b, late_before, scores,
+                self.registry.ch_profile, self.prm, self.g,
+                s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
+                s["flat_n"], s["flat_t0"],
+                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_opened"],
+                s["a_last_open"], s["a_peak"], s["a_score"],
+                s["agg_n"], s["agg_sum"], s["agg_min"], s["agg_max"], s["agg_last"],
+                s["agg_last_ts"], s["agg_score"],
+                ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
+                ev["score"], ev["sev"], self.counts,
+            )  # fmt: skip
+            self._drain(ne, outputs)
+        late, ooo = (self.counts - before).tolist()
+        self.counters.drop(C.LATE, late, "snapshot interval already written")
+        self.counters.drop(C.OUT_OF_ORDER, ooo, "not newer than the channel's last reading")
+        self.counters.readings += n_in - late - ooo
+
+    def _drain(self, ne: int, outputs: list[Output]) -> None:
+        if ne == 0:
+            return
+        ev = self.ev
+        outputs.append(
+            Events(
+                ev["ch"][:ne].copy(), ev["rule"][:ne].copy(), ev["kind"][:ne].copy(),
+                ev["ts"][:ne].copy(), ev["opened"][:ne].copy(), ev["peak"][:ne].copy(),
+                ev["score"][:ne].copy(), ev["sev"][:ne].copy(),
+            )  # fmt: skip
+        )
+
+    def _fire_timers(self, wm: int, outputs: list[Output]) -> None:
+        """Everything due at watermark ``wm``: snapshot closes, then the latest dropout tick."""
+        assert self.open_k is not None
+        tick = None
+        if self.next_tick <= wm:
+            tick = self.next_tick + (wm - self.next_tick) // self.tick_ms * self.tick_ms
+            self.next_tick = tick + self.tick_ms
+        while self._close_boundary() <= wm:
+            if tick is not None and tick < self._close_boundary():
+                self._sweep(tick, outputs)
+                tick = None
+            closed = self._close(self.open_k)
+            if len(closed.rows):
+                outputs.append(closed)
+            self.open_k += 1
+        if tick is not None:
+            self._sweep(tick, outputs)
+        # a long jump in event time skips empty intervals at once
+        self.open_k = max(self.open_k, (wm - self.grace_ms) // self.interval_ms)
+
+    def _sweep(self, now_ms: int, outputs: list[Output]) -> None:
+        s = self.state
+        ev = self.ev
+        c = 0
+        while c < self.registry.n:
+            c, ne = bank.sweep_dropout(
+                c, self.registry.n, now_ms, self.registry.ch_profile, self.prm,
+                s["last_ts"], s["ival"], s["st"], s["a_sev"], s["a_score"], s["a_opened"],
+                s["a_peak"], ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"],
+                ev["peak"], ev["score"], ev["sev"],
+            )  # fmt: skip
+            self._drain(ne, outputs)
+
+    def _close(self, k: int) -> IntervalClosed:
+        """Take interval k's aggregates out of their slot and reset it."""
+        s = self.state
+        n = self.registry.n
+        sl = k & 1
+        rows = np.flatnonzero(s["agg_n"][:n, sl] > 0).astype(np.int32)
+        count = s["agg_n"][rows, sl]
+        out = ChannelRows(
+            channel=rows,
+            count=count,
+            min=s["agg_min"][rows, sl],
+            max=s["agg_max"][rows, sl],
+            mean=s["agg_sum"][rows, sl] / count,
+            last=s["agg_last"][rows, sl],
+            last_ts_ms=s["agg_last_ts"][rows, sl],
+            max_score=s["agg_score"][rows, sl],
+            open_alerts=(s["st"][rows] == ST_OPEN).sum(axis=1).astype(np.int16),
+        )
+        for name in _AGG:
+            dtype, _, fill = self.spec[name]
+            s[name][rows, sl] = fill
+        return IntervalClosed(k * self.interval_ms, (k + 1) * self.interval_ms, out)
+
+    def finish(self) -> list[Output]:
+        """End of input: write the intervals still open (the last one may be partial)."""
+        if self.open_k is None:
+            return []
+        out: list[Output] = []
+        last_k = self.wm // self.interval_ms
+        for k in range(self.open_k, last_k + 1):
+            closed = self._close(k)
+            if len(closed.rows):
+                out.append(closed)
+        self.open_k = last_k + 1
+        return out
+
+
+def warm_up(settings: Settings) -> None:
+    """Compile every kernel (or load it from the numba cache) before real traffic."""
+    registry = Registry(ChannelSettings(kinds=("warm",), max_channels=4))
+    counters = C.Counters()
+    det = Detector(settings, registry, counters)
+    c = registry.channel("d", "m", "warm", "g")
+    t = np.arange(8, dtype=np.int64) * 250_000 + 1_700_000_000_000
+    det.process(Batch(np.full(8, c, np.int32), t, np.arange(8, dtype=np.float64)))
+    det.finish()

@@ -1,0 +1,358 @@
+"""The detector bank: one pass over a batch updates every detector of every reading's channel
+and runs the alert state machine, so Python only ever sees alert *events*.
+
+Per reading (channel c, time t, value x), in this order:
+1. drop it if its snapshot interval was already written (``late``) or it is not newer than
+   the channel's last reading (``out_of_order``);
+2. a dropout alert of c resolves;
+3. rules see x against the window *before* x enters it:
+   - threshold: x beyond an absolute limit, with hysteresis and a minimum duration;
+   - zscore: |x - mean| / std of the last ``window`` values (spikes and dips);
+   - flatline: x equal (within tolerance) to the previous value for N readings and T ms;
+4. x enters the ring buffer and the running sums; the interval aggregates take it.
+
+State is struct-of-arrays indexed by channel (alert state by [channel, rule]); parameters
+are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
+Every loop is O(1) per reading except the exact re-sum of the ring every ``window`` writes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from streamproc.kernels import JIT
+from streamproc.kernels.rules import (
+    EV_OPEN,
+    EV_RESOLVE,
+    EV_UPDATE,
+    N_RULES,
+    R_DROPOUT,
+    R_FLATLINE,
+    R_THRESHOLD,
+    R_ZSCORE,
+    SEV_CRITICAL,
+    SEV_WARNING,
+    ST_IDLE,
+    ST_OPEN,
+    ST_PENDING,
+)
+
+NEVER = np.iinfo(np.int64).min
+
+# parameter columns (one row per profile)
+(
+    P_TH_ABOVE,
+    P_TH_CRIT_ABOVE,
+    P_TH_CLEAR_BELOW,
+    P_TH_BELOW,
+    P_TH_CRIT_BELOW,
+    P_TH_CLEAR_ABOVE,
+    P_TH_MIN_MS,
+    P_Z_ON,
+    P_Z_OPEN,
+    P_Z_CLOSE,
+    P_Z_CRIT,
+    P_Z_MIN_STD,
+    P_Z_MIN_N,
+    P_FL_ON,
+    P_FL_MIN_N,
+    P_FL_MIN_MS,
+    P_FL_TOL,
+    P_DO_ON,
+    P_DO_FACTOR,
+    P_DO_MIN_GAP_MS,
+) = range(20)
+N_PARAMS = 20
+
+# scalar settings (one vector for all channels)
+G_HOLD_MS, G_FLAP_WINDOW_MS, G_FLAP_MAX, G_FLAP_HOLD_MS, G_INTERVAL_MS = range(5)
+N_GLOBALS = 5
+
+# counters written by the reading kernel
+C_LATE, C_OUT_OF_ORDER = range(2)
+
+FLATLINE_SCORE = 0.75
+DROPOUT_SCORE = 0.75
+
+
+@njit(**JIT)
+def _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
+          c, r, kind, t, opened, peak, score, sev):  # fmt: skip
+    ev_ch[ne] = c
+    ev_rule[ne] = r
+    ev_kind[ne] = kind
+    ev_ts[ne] = t
+    ev_opened[ne] = opened
+    ev_peak[ne] = peak
+    ev_score[ne] = score
+    ev_sev[ne] = sev
+    return ne + 1
+
+
+@njit(**JIT)
+def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
+               st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+               ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne):  # fmt: skip
+    """Advance the alert of (c, r) by one reading; returns the new event count.
+
+    ``trig``: the open condition holds; ``hold``: the alert must stay open (trig implies hold).
+    """
+    s = st[c, r]
+    if s == ST_IDLE:
+        if not trig:
+            return ne
+        st[c, r] = ST_PENDING
+        a_since[c, r] = t
+        s = ST_PENDING
+    if s == ST_PENDING:
+        if not trig:
+            st[c, r] = ST_IDLE
+            return ne
+        if t - a_since[c, r] < min_ms:
+            return ne
+        last = a_last_open[c, r]
+        if last != NEVER and t - last <= g[G_FLAP_WINDOW_MS]:
+            a_flap[c, r] = min(a_flap[c, r] + 1, 100)
+        else:
+            a_flap[c, r] = 1
+        a_last_open[c, r] = t
+        st[c, r] = ST_OPEN
+        a_opened[c, r] = t
+        a_since[c, r] = NEVER
+        a_peak[c, r] = value
+        a_score[c, r] = score
+        a_sev[c, r] = sev
+        return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
+                     c, r, EV_OPEN, t, t, value, score, sev)  # fmt: skip
+    # open
+    if hold:
+        a_since[c, r] = NEVER
+        if score > a_score[c, r]:
+            a_score[c, r] = score
+            a_peak[c, r] = value
+        if sev > a_sev[c, r]:
+            a_sev[c, r] = sev
+            return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                         ne, c, r, EV_UPDATE, t, a_opened[c, r], a_peak[c, r], a_score[c, r],
+                         sev)  # fmt: skip
+        return ne
+    if a_since[c, r] == NEVER:
+        a_since[c, r] = t
+    hold_ms = g[G_FLAP_HOLD_MS] if a_flap[c, r] >= g[G_FLAP_MAX] else g[G_HOLD_MS]
+    if t - a_since[c, r] < hold_ms:
+        return ne
+    st[c, r] = ST_IDLE
+    a_since[c, r] = NEVER
+    return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
+                 c, r, EV_RESOLVE, t, a_opened[c, r], a_peak[c, r], a_score[c, r],
+                 a_sev[c, r])  # fmt: skip
+
+
+@njit(**JIT)
+def _ratio_score(q):
+    """Map q >= 0 (1 = at the limit) to [0, 1): 0.5 at the limit, rising towards 1."""
+    return q * q / (1.0 + q * q)
+
+
+@njit(**JIT)
+def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
+                     prof, prm, g,
+                     ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0,
+                     st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                     agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score,
+                     ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                     counts):  # fmt: skip
+    """Run readings ``start..stop`` of a batch; returns (next reading, events written).
+
+    Stops early, before a reading, when fewer than N_RULES event slots remain; the caller
+    drains the events and calls again from the returned position.
+    """
+    window = ring.shape[1]
+    interval_ms = np.int64(g[G_INTERVAL_MS])
+    cap = ev_ch.shape[0]
+    ne = 0
+    for i in range(start, stop):
+        if ne + N_RULES > cap:
+            return i, ne
+        c = idx[i]
+        t = ts[i]
+        x = val[i]
+        if t < late_before_ms:
+            counts[C_LATE] += 1
+            out_score[i] = np.nan
+            continue
+        if t <= last_ts[c]:
+            counts[C_OUT_OF_ORDER] += 1
+            out_score[i] = np.nan
+            continue
+        p = prof[c]
+        prev_ts = last_ts[c]
+        last_ts[c] = t
+        if prev_ts != NEVER:
+            dt = float(t - prev_ts)
+            if st[c, R_DROPOUT] == ST_OPEN:
+                st[c, R_DROPOUT] = ST_IDLE
+                ne = _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                           ne, c, R_DROPOUT, EV_RESOLVE, t, a_opened[c, R_DROPOUT], dt / 1000.0,
+                           a_score[c, R_DROPOUT], a_sev[c, R_DROPOUT])  # fmt: skip
+            # typical interval: an EWMA in which one long gap weighs at most 3 intervals
+            if ival[c] <= 0:
+                ival[c] = dt
+            else:
+                ival[c] += 0.1 * (min(dt, 3.0 * ival[c]) - ival[c])
+        if x != x:  # NaN: the sensor is alive but has no value; detectors skip it
+            out_score[i] = np.nan
+            continue
+        x32 = np.float32(x)
+        xv = np.float64(x32)
+        n = cnt[c]
+        score = 0.0
+
+        # threshold
+        above = prm[p, P_TH_ABOVE]
+        below = prm[p, P_TH_BELOW]
+        if above == above or below == below:
+            hi = above == above and x >= above
+            lo = below == below and x <= below
+            trig = hi or lo
+            clear_below = prm[p, P_TH_CLEAR_BELOW]
+            clear_above = prm[p, P_TH_CLEAR_ABOVE]
+            hold = trig
+            if above == above and x >= (clear_below if clear_below == clear_below else above):
+                hold = True
+            if below == below and x <= (clear_above if clear_above == clear_above else below):
+                hold = True
+            crit_a = prm[p, P_TH_CRIT_ABOVE]
+            crit_b = prm[p, P_TH_CRIT_BELOW]
+            crit = (crit_a == crit_a and x >= crit_a) or (crit_b == crit_b and x <= crit_b)
+            sev = SEV_CRITICAL if crit else SEV_WARNING
+            sc = 0.0
+            if hi:
+                sc = _ratio_score(x / above) if above > 0 else 1.0
+            elif lo:
+                sc = _ratio_score(below / x) if x > 0 else 1.0
+            score = max(score, sc)
+            ne = step_alert(c, R_THRESHOLD, t, trig, hold, sev, sc, x, prm[p, P_TH_MIN_MS], g,
+                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                            ne)  # fmt: skip
+
+        # rolling z-score against the window before x
+        if prm[p, P_Z_ON] > 0 and n >= prm[p, P_Z_MIN_N]:
+            mean = s1[c] / n
+            var = s2[c] / n - mean * mean
+            sd = max(np.sqrt(var) if var > 0 else 0.0, prm[p, P_Z_MIN_STD])
+            z = (xv - mean) / sd if sd > 0 else 0.0
+            az = abs(z)
+            z_open = prm[p, P_Z_OPEN]
+            sc = _ratio_score(az / z_open)
+            score = max(score, sc)
+            sev = SEV_CRITICAL if az >= prm[p, P_Z_CRIT] else SEV_WARNING
+            ne = step_alert(c, R_ZSCORE, t, az >= z_open, az >= prm[p, P_Z_CLOSE], sev, sc, x,
+                            0, g, st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak,
+                            a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
+                            ev_score, ev_sev, ne)  # fmt: skip
+
+        # flatline: the same value again and again
+        if prm[p, P_FL_ON] > 0:
+            prev = np.float64(ring[c, (pos[c] - 1) % window])
+            if n > 0 and abs(xv - prev) <= prm[p, P_FL_TOL]:
+                flat_n[c] += 1
+            else:
+                flat_n[c] = 1
+                flat_t0[c] = t
+            trig = flat_n[c] >= prm[p, P_FL_MIN_N] and t - flat_t0[c] >= prm[p, P_FL_MIN_MS]
+            sc = FLATLINE_SCORE if trig else 0.0
+            score = max(score, sc)
+            ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
+                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                            ne)  # fmt: skip
+
+        # the window takes x
+        k = pos[c]
+        if n == window:
+            old = np.float64(ring[c, k])
+            s1[c] -= old
+            s2[c] -= old * old
+        else:
+            cnt[c] = n + 1
+        ring[c, k] = x32
+        s1[c] += xv
+        s2[c] += xv * xv
+        k += 1
+        if k == window:
+            k = 0
+            # exact re-sum once per lap keeps rounding error from accumulating
+            a = 0.0
+            b = 0.0
+            for j in range(window):
+                v = np.float64(ring[c, j])
+                a += v
+                b += v * v
+            s1[c] = a
+            s2[c] = b
+        pos[c] = k
+
+        # snapshot aggregates of the reading's interval (two slots: the open intervals)
+        sl = (t // interval_ms) & 1
+        if agg_n[c, sl] == 0:
+            agg_min[c, sl] = x
+            agg_max[c, sl] = x
+        else:
+            agg_min[c, sl] = min(agg_min[c, sl], x)
+            agg_max[c, sl] = max(agg_max[c, sl], x)
+        agg_n[c, sl] += 1
+        agg_sum[c, sl] += x
+        agg_last[c, sl] = x
+        agg_last_ts[c, sl] = t
+        agg_score[c, sl] = max(agg_score[c, sl], score)
+        out_score[i] = score
+    return stop, ne
+
+
+@njit(**JIT)
+def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
+                  st, a_sev, a_score, a_opened, a_peak,
+                  ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev):  # fmt: skip
+    """Open a dropout alert for every channel silent for ``factor`` x its interval (and at
+    least ``min_gap``) at event time ``now_ms``. Returns (next channel, events written)."""
+    cap = ev_ch.shape[0]
+    ne = 0
+    for c in range(start, n_channels):
+        if ne == cap:
+            return c, ne
+        p = prof[c]
+        if prm[p, P_DO_ON] <= 0 or st[c, R_DROPOUT] != ST_IDLE:
+            continue
+        last = last_ts[c]
+        if last == NEVER or ival[c] <= 0:
+            continue
+        gap = now_ms - last
+        if gap > prm[p, P_DO_FACTOR] * ival[c] and gap >= prm[p, P_DO_MIN_GAP_MS]:
+            st[c, R_DROPOUT] = ST_OPEN
+            a_opened[c, R_DROPOUT] = now_ms
+            a_sev[c, R_DROPOUT] = SEV_WARNING
+            a_score[c, R_DROPOUT] = DROPOUT_SCORE
+            a_peak[c, R_DROPOUT] = gap / 1000.0
+            ne = _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
+                       c, R_DROPOUT, EV_OPEN, now_ms, now_ms, gap / 1000.0, DROPOUT_SCORE,
+                       SEV_WARNING)  # fmt: skip
+    return n_channels, ne
+
+
+@njit(**JIT)
+def advance_watermark(ts, wm, max_future_ms, accept, wm_after):
+    """Accept readings no more than ``max_future_ms`` ahead of the watermark (the largest
+    accepted event time; the first reading sets it). ``wm_after[i]``: watermark after i."""
+    for i in range(ts.shape[0]):
+        t = ts[i]
+        if wm == NEVER or t <= wm + max_future_ms:
+            accept[i] = True
+            if t > wm:
+                wm = t
+        else:
+            accept[i] = False
+        wm_after[i] = wm
+    return wm

@@ -1,0 +1,251 @@
+"""Slow, obviously correct reference of the detector: plain Python, one reading at a time,
+each rule written out from its definition. ``test_kernels`` checks the numba bank against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamproc.config import Settings
+from streamproc.kernels.rules import (
+    EV_OPEN,
+    EV_RESOLVE,
+    EV_UPDATE,
+    R_DROPOUT,
+    R_FLATLINE,
+    R_THRESHOLD,
+    R_ZSCORE,
+    SEV_CRITICAL,
+    SEV_WARNING,
+)
+
+
+def f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def ratio_score(q: float) -> float:
+    return q * q / (1 + q * q)
+
+
+@dataclass
+class Alert:
+    state: str = "idle"  # idle | pending | open
+    since: int | None = None
+    opened: int | None = None
+    last_open: int | None = None
+    flap: int = 0
+    peak: float = math.nan
+    score: float = 0.0
+    sev: int = 0
+
+
+@dataclass
+class Chan:
+    window: deque[float]
+    last_ts: int | None = None
+    ival: float = 0.0
+    flat_n: int = 0
+    flat_t0: int | None = None
+    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(4)})
+    agg: dict[int, list[float]] = field(default_factory=dict)  # interval -> values
+    agg_last_ts: dict[int, int] = field(default_factory=dict)
+    agg_score: dict[int, float] = field(default_factory=dict)
+
+
+class Reference:
+    """Same contract as detect.Detector, on lists: ``run(readings)`` with (channel, ts, value)."""
+
+    def __init__(self, settings: Settings, kind_metric: dict[int, tuple[str, str]]):
+        self.s = settings
+        self.km = kind_metric
+        self.W = settings.detect.window
+        self.ch: dict[int, Chan] = {}
+        self.wm: int | None = None
+        self.events: list[tuple] = []
+        self.closed: list[tuple[int, dict[int, tuple]]] = []
+        self.scores: list[float] = []
+        self.interval = round(settings.snapshots.interval_s * 1000)
+        self.grace = round(settings.snapshots.grace_s * 1000)
+        self.tick = round(settings.detect.tick_s * 1000)
+        self.open_k: int | None = None
+        self.next_tick: int | None = None
+        a = settings.alerts
+        self.hold, self.flap_win = a.hold_s * 1000, a.flap_window_s * 1000
+        self.flap_max, self.flap_hold = a.flap_max, a.flap_hold_s * 1000
+
+    def chan(self, c: int) -> Chan:
+        if c not in self.ch:
+            self.ch[c] = Chan(deque(maxlen=self.W))
+        return self.ch[c]
+
+    # -- alert lifecycle ------------------------------------------------------------------
+    def step(self, c, r, t, trig, hold, sev, score, value, min_ms):
+        a = self.ch[c].alerts[r]
+        if a.state == "idle":
+            if not trig:
+                return
+            a.state, a.since = "pending", t
+        if a.state == "pending":
+            if not trig:
+                a.state = "idle"
+                return
+            if t - a.since < min_ms:
+                return
+            flapping = a.last_open is not None and t - a.last_open <= self.flap_win
+            a.flap = min(a.flap + 1, 100) if flapping else 1
+            a.last_open = t
+            a.state, a.opened, a.since = "open", t, None
+            a.peak, a.score, a.sev = value, score, sev
+            self.events.append((c, r, EV_OPEN, t, t, value, score, sev))
+            return
+        if hold:
+            a.since = None
+            if score > a.score:
+                a.score, a.peak = score, value
+            if sev > a.sev:
+                a.sev = sev
+                self.events.append((c, r, EV_UPDATE, t, a.opened, a.peak, a.score, sev))
+            return
+        if a.since is None:
+            a.since = t
+        hold_ms = self.flap_hold if a.flap >= self.flap_max else self.hold
+        if t - a.since >= hold_ms:
+            a.state, a.since = "idle", None
+            self.events.append((c, r, EV_RESOLVE, t, a.opened, a.peak, a.score, a.sev))
+
+    # -- timers -----------------------------------------------------------------------------
+    def fire(self, wm: int) -> None:
+        tick = None
+        if self.next_tick <= wm:
+            tick = self.next_tick + (wm - self.next_tick) // self.tick * self.tick
+            self.next_tick = tick + self.tick
+        while (self.open_k + 1) * self.interval + self.grace <= wm:
+            if tick is not None and tick < (self.open_k + 1) * self.interval + self.grace:
+                self.sweep(tick)
+                tick = None
+            self.close(self.open_k)
+            self.open_k += 1
+        if tick is not None:
+            self.sweep(tick)
+        self.open_k = max(self.open_k, (wm - self.grace) // self.interval)
+
+    def sweep(self, now: int) -> None:
+        for c in sorted(self.ch):
+            ch = self.ch[c]
+            kind, metric = self.km[c]
+            p = self.s.rules["dropout"].for_channel(kind, metric)
+            a = ch.alerts[R_DROPOUT]
+            if not p.enabled or a.state != "idle" or ch.last_ts is None or ch.ival <= 0:
+                continue
+            gap = now - ch.last_ts
+            if gap > p.factor * ch.ival and gap >= p.min_gap_s * 1000:
+                a.state, a.opened, a.sev, a.score, a.peak = "open", now, SEV_WARNING, 0.75, gap / 1e3
+                self.events.append((c, R_DROPOUT, EV_OPEN, now, now, gap / 1e3, 0.75, SEV_WARNING))
+
+    def close(self, k: int) -> None:
+        rows = {}
+        for c in sorted(self.ch):
+            ch = self.ch[c]
+            vals = ch.agg.pop(k, None)
+            if vals:
+                n_open = sum(a.state == "open" for a in ch.alerts.values())
+                rows[c] = (len(vals), min(vals), max(vals), sum(vals) / len(vals), vals[-1],
+                           ch.agg_last_ts.pop(k), ch.agg_score.pop(k), n_open)  # fmt: skip
+        self.closed.append((k, rows))
+
+    # -- readings ---------------------------------------------------------------------------
+    def run(self, readings: list[tuple[int, int, float]]) -> None:
+        future = round(self.s.input.max_future_s * 1000)
+        for c, t, x in readings:
+            if self.wm is not None and t > self.wm + future:
+                self.scores.append(math.nan)
+                continue
+            self.wm = t if self.wm is None else max(self.wm, t)
+            if self.open_k is None:
+                self.open_k = t // self.interval
+                self.next_tick = (t // self.tick + 1) * self.tick
+            if self.next_tick <= self.wm or (self.open_k + 1) * self.interval + self.grace <= self.wm:
+                self.fire(self.wm)
+            self.scores.append(self.reading(c, t, x))
+
+    def reading(self, c: int, t: int, x: float) -> float:
+        ch = self.chan(c)
+        if t < self.open_k * self.interval:
+            return math.nan
+        if ch.last_ts is not None and t <= ch.last_ts:
+            return math.nan
+        kind, metric = self.km[c]
+        if ch.last_ts is not None:
+            dt = float(t - ch.last_ts)
+            a = ch.alerts[R_DROPOUT]
+            if a.state == "open":
+                a.state = "idle"
+                self.events.append((c, R_DROPOUT, EV_RESOLVE, t, a.opened, dt / 1e3, a.score, a.sev))
+            ch.ival = dt if ch.ival <= 0 else ch.ival + 0.1 * (min(dt, 3 * ch.ival) - ch.ival)
+        ch.last_ts = t
+        if math.isnan(x):
+            return math.nan
+        xv = f32(x)
+        score = 0.0
+
+        th = self.s.threshold_for(kind, metric)
+        if not (math.isnan(th.above) and math.isnan(th.below)):
+            hi = not math.isnan(th.above) and x >= th.above
+            lo = not math.isnan(th.below) and x <= th.below
+            clear_below = th.above if math.isnan(th.clear_below) else th.clear_below
+            clear_above = th.below if math.isnan(th.clear_above) else th.clear_above
+            hold = (hi or lo) or (not math.isnan(th.above) and x >= clear_below) or (
+                not math.isnan(th.below) and x <= clear_above
+            )
+            crit = (x >= th.critical_above) or (x <= th.critical_below)  # NaN compares False
+            sc = 0.0
+            if hi:
+                sc = ratio_score(x / th.above) if th.above > 0 else 1.0
+            elif lo:
+                sc = ratio_score(th.below / x) if x > 0 else 1.0
+            score = max(score, sc)
+            sev = SEV_CRITICAL if crit else SEV_WARNING
+            self.step(c, R_THRESHOLD, t, hi or lo, hold, sev, sc, x, th.min_duration_s * 1000)
+
+        z = self.s.rules["zscore"].for_channel(kind, metric)
+        w = list(ch.window)
+        if z.enabled and len(w) >= z.min_readings:
+            n = len(w)
+            mean = sum(w) / n
+            var = sum(v * v for v in w) / n - mean * mean
+            sd = max(math.sqrt(var) if var > 0 else 0.0, z.min_std)
+            zz = (xv - mean) / sd if sd > 0 else 0.0
+            sc = ratio_score(abs(zz) / z.z_open)
+            score = max(score, sc)
+            sev = SEV_CRITICAL if abs(zz) >= z.z_critical else SEV_WARNING
+            self.step(c, R_ZSCORE, t, abs(zz) >= z.z_open, abs(zz) >= z.z_close, sev, sc, x, 0)
+
+        fl = self.s.rules["flatline"].for_channel(kind, metric)
+        if fl.enabled:
+            if w and abs(xv - w[-1]) <= fl.tolerance:
+                ch.flat_n += 1
+            else:
+                ch.flat_n, ch.flat_t0 = 1, t
+            trig = ch.flat_n >= fl.min_readings and t - ch.flat_t0 >= fl.min_duration_s * 1000
+            sc = 0.75 if trig else 0.0
+            score = max(score, sc)
+            self.step(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0)
+
+        ch.window.append(xv)
+        k = t // self.interval
+        ch.agg.setdefault(k, []).append(x)
+        ch.agg_last_ts[k] = t
+        ch.agg_score[k] = max(ch.agg_score.get(k, 0.0), score)
+        return score
+
+    def finish(self) -> None:
+        if self.open_k is None:
+            return
+        for k in range(self.open_k, self.wm // self.interval + 1):
+            self.close(k)
+        self.closed = [(k, rows) for k, rows in self.closed if rows]
