@@ -43,6 +43,9 @@ class Counters:
         if result != OK and result != EMPTY:
             self._limiter.warn(result, detail)
 
+    def warn(self, key: str, detail: str) -> None:
+        self._limiter.warn(key, detail)
+
     def drop(self, reason: str, n: int = 1, detail: str = "") -> None:
         if n:
             self.dropped[reason] += n

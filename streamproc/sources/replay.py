@@ -1,0 +1,691 @@
+"""Feed files -> chunks of MQTT messages or tidy readings.
+
+Formats, chosen by suffix:
+
+- ``.parquet``, ``.csv`` (header row), ``.jsonl`` / ``.ndjson``: a table of MQTT messages
+  (``ts, topic, payload``) or of readings (``ts, device, metric, value`` [, ``kind``, ``group``]).
+- anything else: a ``mosquitto_sub -F '%U %t %p'`` log, ``<unix time> <topic> <payload>``
+  per line.
+
+``ts`` may be a timestamp, epoch seconds or milliseconds (``times.number_to_ms``) or an
+RFC 3339 string. Malformed rows are counted (``counters.MALFORMED``) and skipped. Chunks hold
+at most ``chunk_rows`` rows; empty chunks are not yielded. ``chunk.position`` is the progress
+so far and ``feed_size(path)`` the total, both in ``feed_unit(path)`` (rows for Parquet,
+bytes otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from streamproc.counters import MALFORMED, Counters
+from streamproc.times import MS_CUTOFF, MS_PER_S, number_to_ms, parse_rfc3339_ms
+
+MESSAGE_COLUMNS = ("ts", "topic", "payload")
+TIDY_COLUMNS = ("ts", "device", "metric", "value")
+TIDY_OPTIONAL = ("kind", "group")
+MESSAGES, TIDY = "messages", "tidy"
+EXPECTED = (
+    "expected columns ts, topic, payload (MQTT messages) "
+    "or ts, device, metric, value [, kind, group] (readings)"
+)
+MAX_ABS_MS = 2**62
+_TS_MS_UTC = pa.timestamp("ms", tz="UTC")
+_TS_MS = pa.timestamp("ms")
+_UNIT_DIV = {"ms": 1, "us": 1_000, "ns": 1_000_000}
+
+Pair = tuple[str, str, str | None, str | None]  # device, metric, kind, group
+
+
+@dataclass
+class MessageChunk:
+    """MQTT messages in arrival order."""
+
+    ts_ms: np.ndarray  # int64, receive time
+    topic: list[str]
+    payload: list[bytes]
+    position: int = 0  # progress after this chunk, in feed_unit()
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+
+@dataclass
+class TidyChunk:
+    """Readings; row ``i`` belongs to ``pairs[pair_code[i]]``.
+
+    ``pairs`` holds each (device, metric, kind, group) of the chunk once, in order of first
+    appearance; kind and group are None where missing or empty.
+    """
+
+    ts_ms: np.ndarray  # int64, event time
+    value: np.ndarray  # float64, NaN where not numeric
+    pair_code: np.ndarray  # int32, index into pairs
+    pairs: list[Pair]
+    has_kind: bool  # the feed has a kind column / key
+    has_group: bool
+    position: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    def _column(self, j: int) -> list:
+        names = [p[j] for p in self.pairs]
+        return [names[c] for c in self.pair_code.tolist()]
+
+    @property
+    def device(self) -> list[str]:
+        return self._column(0)
+
+    @property
+    def metric(self) -> list[str]:
+        return self._column(1)
+
+    @property
+    def kind(self) -> list[str | None] | None:
+        return self._column(2) if self.has_kind else None
+
+    @property
+    def group(self) -> list[str | None] | None:
+        return self._column(3) if self.has_group else None
+
+
+Chunk = MessageChunk | TidyChunk
+
+
+def feed_format(path: Path) -> str:
+    """``parquet``, ``csv``, ``jsonl`` or ``log``, from the suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "log"
+
+
+def feed_unit(path: Path) -> str:
+    """Unit of ``feed_size`` and ``chunk.position``: ``rows`` or ``bytes``."""
+    return "rows" if feed_format(path) == "parquet" else "bytes"
+
+
+def feed_size(path: Path) -> int | None:
+    """Total progress units of the feed (rows for Parquet, bytes otherwise); None if unknown."""
+    path = Path(path)
+    if feed_format(path) == "parquet":
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    size = path.stat().st_size
+    return size if path.is_file() else None
+
+
+def read_feed(path: Path, counters: Counters, chunk_rows: int = 65536) -> Iterator[Chunk]:
+    """Chunks of a feed file (see the module docstring).
+
+    Raises FileNotFoundError for a missing file and ValueError for a Parquet or CSV file
+    with unknown columns (at call time) or a JSON Lines file whose first record has
+    neither shape (when reached).
+    """
+    path = Path(path)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    fmt = feed_format(path)
+    if fmt == "parquet":
+        pf = pq.ParquetFile(path)
+        shape, cols = _shape(pf.schema_arrow.names, path)
+        return _parquet_chunks(pf, shape, cols, counters, chunk_rows, path.name)
+    if fmt == "csv":
+        header = _csv_header(path)
+        if header is None:
+            return iter(())
+        shape, cols = _shape(header, path)
+        return _csv_chunks(path, shape, cols, counters, chunk_rows)
+    if fmt == "jsonl":
+        return _jsonl_chunks(path, counters, chunk_rows)
+    return _log_chunks(path, counters, chunk_rows)
+
+
+def _shape(names: Iterable[str], path: Path) -> tuple[str, list[str]]:
+    have = set(names)
+    if set(MESSAGE_COLUMNS) <= have:
+        return MESSAGES, list(MESSAGE_COLUMNS)
+    if set(TIDY_COLUMNS) <= have:
+        return TIDY, [*TIDY_COLUMNS, *(c for c in TIDY_OPTIONAL if c in have)]
+    raise ValueError(f"{path}: unknown feed: found columns {sorted(have)}; {EXPECTED}")
+
+
+# --- Parquet and CSV: columnar ------------------------------------------------------------
+
+
+def _parquet_chunks(
+    pf: pq.ParquetFile, shape: str, cols: list[str], counters: Counters, chunk_rows: int, name: str
+) -> Iterator[Chunk]:
+    done = 0
+    for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
+        chunk = _arrow_chunk(batch, shape, counters, name, done)
+        done += batch.num_rows
+        if chunk is not None:
+            chunk.position = done
+            yield chunk
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return next(csv.reader(f), None)
+
+
+def _csv_chunks(
+    path: Path, shape: str, cols: list[str], counters: Counters, chunk_rows: int
+) -> Iterator[Chunk]:
+    def invalid_row(row: pacsv.InvalidRow) -> str:
+        where = f"{path.name}: line {row.number}" if row.number is not None else path.name
+        counters.message(
+            MALFORMED,
+            f"{where}: {row.actual_columns} fields, expected {row.expected_columns}: "
+            f"{row.text[:80]!r}",
+        )
+        return "skip"
+
+    size = path.stat().st_size
+    done = 0
+    with pa.OSFile(str(path)) as src:
+        reader = pacsv.open_csv(
+            src,
+            read_options=pacsv.ReadOptions(block_size=4 << 20),
+            parse_options=pacsv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=invalid_row
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.binary() for c in cols}, include_columns=cols
+            ),
+        )
+        for batch in reader:
+            for start in range(0, batch.num_rows, chunk_rows):
+                part = batch.slice(start, chunk_rows)
+                chunk = _arrow_chunk(part, shape, counters, path.name, done)
+                done += part.num_rows
+                if chunk is not None:
+                    chunk.position = min(src.tell(), size)
+                    yield chunk
+
+
+def _arrow_chunk(
+    batch: pa.RecordBatch, shape: str, counters: Counters, name: str, first_row: int
+) -> Chunk | None:
+    n = batch.num_rows
+    if n == 0:
+        return None
+    ts, ts_ok = _ts_ms(batch.column("ts"))
+    checks: list[tuple[np.ndarray, str]] = [(ts_ok, "missing or unparseable ts")]
+    if shape == MESSAGES:
+        topic, topic_ok = _strings(batch.column("topic"))
+        payload, payload_ok = _payloads(batch.column("payload"))
+        checks += [(topic_ok, "missing, empty or non-UTF-8 topic"), (payload_ok, "no payload")]
+        keep = _count_bad(counters, checks, name, first_row)
+        topics, payloads = cast(list[str], topic), cast(list[bytes], payload)  # None rows: bad
+        if keep is None:
+            return MessageChunk(ts, topics, payloads)
+        if not len(keep):
+            return None
+        il = keep.tolist()
+        return MessageChunk(ts[keep], [topics[i] for i in il], [payloads[i] for i in il])
+
+    names = {
+        c: _codes(batch.column(c))
+        for c in TIDY_COLUMNS[1:3] + TIDY_OPTIONAL
+        if c in batch.schema.names
+    }
+    for c in ("device", "metric"):
+        codes, table = names[c]
+        bad = np.array([not t for t in table] + [True], bool)  # None, "" and null (-1)
+        checks.append((~bad[codes], f"missing, empty or non-UTF-8 {c}"))
+    for c in TIDY_OPTIONAL:
+        if c in names:
+            codes, table = names[c]
+            bad = np.array([t is None for t in table] + [False], bool)
+            checks.append((~bad[codes], f"non-UTF-8 {c}"))
+    keep = _count_bad(counters, checks, name, first_row)
+    value = _values(batch.column("value"))
+    if keep is not None:
+        if not len(keep):
+            return None
+        ts, value = ts[keep], value[keep]
+        names = {c: (codes[keep], table) for c, (codes, table) in names.items()}
+    pair_code, pairs = _pairs(names)
+    return TidyChunk(ts, value, pair_code, pairs, "kind" in names, "group" in names)
+
+
+def _count_bad(
+    counters: Counters, checks: list[tuple[np.ndarray, str]], name: str, first_row: int
+) -> np.ndarray | None:
+    """Count rows failing a check (once, first reason); None if all pass, else rows kept."""
+    ok = np.logical_and.reduce([c for c, _ in checks])
+    if ok.all():
+        return None
+    counted = np.zeros(len(ok), bool)
+    for check, reason in checks:
+        for i in np.flatnonzero(~check & ~counted).tolist():
+            counters.message(MALFORMED, f"{name}: row {first_row + i + 1}: {reason}")
+        counted |= ~check
+    return np.flatnonzero(ok)
+
+
+def _plain(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    return arr
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    )
+
+
+def _valid(arr: pa.Array) -> np.ndarray:
+    return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool)
+
+
+def _ts_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A ts column -> (int64 epoch ms, ok mask)."""
+    arr = _plain(arr)
+    t = arr.type
+    if pa.types.is_date(t):
+        arr, t = arr.cast(_TS_MS), _TS_MS
+    if pa.types.is_timestamp(t):
+        raw = pc.fill_null(arr.cast(pa.int64()), 0).to_numpy()
+        ms = raw * MS_PER_S if t.unit == "s" else raw // _UNIT_DIV[t.unit]
+        return ms.astype(np.int64), _valid(arr)
+    if pa.types.is_integer(t):
+        raw = pc.fill_null(arr.cast(pa.int64()), 0).to_numpy()
+        ok = _valid(arr) & (np.abs(raw) < MAX_ABS_MS // MS_PER_S)
+        ms = np.where(np.abs(raw) >= MS_CUTOFF, raw, raw * MS_PER_S)
+        return np.where(ok, ms, 0).astype(np.int64), ok
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return _numbers_to_ms(_floats(arr))
+    if _is_text(t):
+        return _text_ts_ms(arr)
+    raise ValueError(f"column 'ts' has unsupported type {t}")
+
+
+def _floats(arr: pa.Array) -> np.ndarray:
+    return np.asarray(
+        pc.fill_null(arr.cast(pa.float64()), math.nan).to_numpy(zero_copy_only=False), np.float64
+    )
+
+
+def _numbers_to_ms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised ``times.number_to_ms``; non-finite numbers are not ok."""
+    ok = np.isfinite(x)
+    x = np.where(ok, x, 0.0)
+    ms = np.where(np.abs(x) >= MS_CUTOFF, np.trunc(x), np.round(x * MS_PER_S))
+    ok &= np.abs(ms) < MAX_ABS_MS
+    return np.where(ok, ms, 0.0).astype(np.int64), ok
+
+
+def _text_ts_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    try:  # all numbers
+        return _numbers_to_ms(_floats(arr))
+    except pa.ArrowException:
+        pass
+    for target in (_TS_MS_UTC, _TS_MS):  # all RFC 3339 at ms precision, with / without offset
+        try:
+            raw = pc.fill_null(arr.cast(target).cast(pa.int64()), 0).to_numpy()
+            return raw.astype(np.int64), _valid(arr)
+        except pa.ArrowException:
+            pass
+    parsed = [_text_ts(v) for v in arr.to_pylist()]
+    ok = np.array([v is not None for v in parsed], bool)
+    return np.array([0 if v is None else v for v in parsed], np.int64), ok
+
+
+def _text_ts(v: str | bytes | None) -> int | None:
+    """Epoch seconds / ms or RFC 3339 text -> epoch ms; None if unparseable."""
+    if v is None:
+        return None
+    try:
+        s = v.decode() if isinstance(v, bytes) else v
+        x = float(s)
+    except UnicodeDecodeError:
+        return None
+    except ValueError:
+        try:
+            ms = parse_rfc3339_ms(s.strip())
+        except (ValueError, OverflowError):
+            return None
+        return ms if abs(ms) < MAX_ABS_MS else None
+    return _number_ms(x)
+
+
+def _number_ms(x: float) -> int | None:
+    if not math.isfinite(x):
+        return None
+    ms = number_to_ms(x)
+    return ms if abs(ms) < MAX_ABS_MS else None
+
+
+def _values(arr: pa.Array) -> np.ndarray:
+    """A value column -> float64, NaN where null or not a number."""
+    arr = _plain(arr)
+    t = arr.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return _floats(arr)
+    if _is_text(t):
+        try:
+            return _floats(arr)
+        except pa.ArrowException:
+            return np.array([_text_float(v) for v in arr.to_pylist()], np.float64)
+    return np.full(len(arr), math.nan)
+
+
+def _text_float(v: str | bytes | None) -> float:
+    if v is None:
+        return math.nan
+    try:
+        return float(v)
+    except ValueError:
+        return math.nan
+
+
+def _strings(arr: pa.Array) -> tuple[list[str | None], np.ndarray]:
+    """A text column -> (values, ok mask: present, non-empty, valid UTF-8)."""
+    arr = _plain(arr)
+    t = arr.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        try:
+            arr = arr.cast(pa.large_string() if pa.types.is_large_binary(t) else pa.string())
+        except pa.ArrowInvalid:
+            values = [_decode(v) for v in arr.to_pylist()]
+            return values, np.array([bool(v) for v in values], bool)
+    elif not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        arr = arr.cast(pa.string())
+    ok = pc.fill_null(pc.greater(pc.binary_length(arr), 0), False).to_numpy(zero_copy_only=False)
+    return arr.to_pylist(), np.asarray(ok, bool)
+
+
+def _decode(v: bytes | None) -> str | None:
+    if v is None:
+        return None
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _payloads(arr: pa.Array) -> tuple[list[bytes | None], np.ndarray]:
+    """A payload column -> (bytes, ok mask: not null); non-text values as JSON."""
+    arr = _plain(arr)
+    t = arr.type
+    if pa.types.is_string(t):
+        arr = arr.cast(pa.binary())
+    elif pa.types.is_large_string(t):
+        arr = arr.cast(pa.large_binary())
+    elif not _is_text(t):
+        values = [None if v is None else orjson.dumps(v) for v in arr.to_pylist()]
+        return values, _valid(arr)
+    return arr.to_pylist(), _valid(arr)
+
+
+def _codes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """Dictionary-encode a name column -> (codes, -1 where null; names, None if non-UTF-8)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr)
+    codes = pc.fill_null(arr.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    names = [_name(v) for v in arr.dictionary.to_pylist()]
+    return codes, names
+
+
+def _name(v: object) -> str | None:
+    if isinstance(v, bytes):
+        return _decode(v)
+    if v is None or isinstance(v, str):
+        return v
+    return str(v)
+
+
+def _pairs(names: dict[str, tuple[np.ndarray, list[str | None]]]) -> tuple[np.ndarray, list[Pair]]:
+    """Unique (device, metric, kind, group) per row -> (int32 codes, pairs by first appearance)."""
+    cols = [names[c] for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL) if c in names]
+    n = len(cols[0][0])
+    key = np.zeros(n, np.int64)
+    card = 1
+    for codes, table in cols:
+        size = len(table) + 1
+        if card * size >= MAX_ABS_MS:
+            _, key = np.unique(key, return_inverse=True)
+            card = int(key.max()) + 1 if n else 1
+        key = key * size + (codes + 1)
+        card *= size
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    rows = first[order].tolist()
+
+    def column(c: str) -> list[str | None]:
+        if c not in names:
+            return [None] * len(rows)
+        codes, table = names[c]
+        return [(table[k] or None) if k >= 0 else None for k in codes[rows].tolist()]
+
+    dev, met, kind, group = (column(c) for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL))
+    pairs: list[Pair] = list(zip(dev, met, kind, group, strict=True))  # type: ignore[arg-type]
+    return rank[inverse.reshape(-1)], pairs
+
+
+# --- text formats: one record per line ------------------------------------------------------
+
+
+def _lines(f: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its newline); strips a leading UTF-8 BOM."""
+    rest = b""
+    lineno = 0
+    first = True
+    while data := f.read(block):
+        if first:
+            first = False
+            if data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            lineno += 1
+            yield lineno, line
+    if rest:
+        yield lineno + 1, rest
+
+
+class _TextRows:
+    """Accumulates rows parsed from lines; tracks the byte position."""
+
+    def __init__(self, path: Path, counters: Counters) -> None:
+        self.path = path
+        self.counters = counters
+        self.position = 0
+
+    def bad(self, lineno: int, reason: str) -> None:
+        self.counters.message(MALFORMED, f"{self.path.name}:{lineno}: {reason}")
+
+    def run(
+        self,
+        chunk_rows: int,
+        parse: Callable[[int, bytes], None],
+        size: Callable[[], int],
+        emit: Callable[[], Chunk],
+    ) -> Iterator[Chunk]:
+        with open(self.path, "rb") as f:
+            for lineno, line in _lines(f):
+                self.position += len(line) + 1
+                if line.strip():
+                    parse(lineno, line)
+                    if size() >= chunk_rows:
+                        yield emit()
+            self.position = os.fstat(f.fileno()).st_size
+        if size():
+            yield emit()
+
+
+def _log_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[Chunk]:
+    rows = _TextRows(path, counters)
+    ts: list[int] = []
+    topics: list[str] = []
+    payloads: list[bytes] = []
+
+    def parse(lineno: int, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        parts = line.split(b" ", 2)
+        if len(parts) < 3:
+            return rows.bad(lineno, "expected '<unix time> <topic> <payload>'")
+        t = _text_ts(parts[0])
+        if t is None:
+            return rows.bad(lineno, f"unparseable time {parts[0][:40]!r}")
+        topic = _decode(parts[1])
+        if not topic:
+            return rows.bad(lineno, "empty or non-UTF-8 topic")
+        ts.append(t)
+        topics.append(topic)
+        payloads.append(parts[2])
+        return None
+
+    def emit() -> Chunk:
+        chunk = MessageChunk(np.array(ts, np.int64), topics.copy(), payloads.copy(), rows.position)
+        ts.clear()
+        topics.clear()
+        payloads.clear()
+        return chunk
+
+    return rows.run(chunk_rows, parse, ts.__len__, emit)
+
+
+def _jsonl_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[Chunk]:
+    rows = _TextRows(path, counters)
+    shape: list[str] = []  # decided by the first JSON object
+    ts: list[int] = []
+    topics: list[str] = []
+    payloads: list[bytes] = []
+    values: list[float] = []
+    codes: list[int] = []
+    pair_index: dict[Pair, int] = {}
+    seen = {"kind": False, "group": False}
+
+    def parse(lineno: int, line: bytes) -> None:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return rows.bad(lineno, "invalid JSON")
+        if not isinstance(obj, dict):
+            return rows.bad(lineno, "not a JSON object")
+        if not shape:
+            shape.append(_json_shape(obj, path))
+        t = _json_ts(obj.get("ts"))
+        if t is None:
+            return rows.bad(lineno, "missing or unparseable ts")
+        if shape[0] == MESSAGES:
+            topic = obj.get("topic")
+            if not isinstance(topic, str) or not topic:
+                return rows.bad(lineno, "missing or empty topic")
+            if "payload" not in obj:
+                return rows.bad(lineno, "missing payload")
+            p = obj["payload"]
+            ts.append(t)
+            topics.append(topic)
+            payloads.append(
+                p.encode("utf-8", "surrogatepass") if isinstance(p, str) else orjson.dumps(p)
+            )
+            return None
+        device, metric = obj.get("device"), obj.get("metric")
+        if not isinstance(device, str) or not device:
+            return rows.bad(lineno, "missing or empty device")
+        if not isinstance(metric, str) or not metric:
+            return rows.bad(lineno, "missing or empty metric")
+        extra: list[str | None] = []
+        for c in TIDY_OPTIONAL:
+            v = obj.get(c)
+            if v is not None and not isinstance(v, str):
+                return rows.bad(lineno, f"{c} is not a string")
+            seen[c] = seen[c] or c in obj
+            extra.append(v or None)
+        key: Pair = (device, metric, extra[0], extra[1])
+        ts.append(t)
+        values.append(_json_value(obj.get("value")))
+        codes.append(pair_index.setdefault(key, len(pair_index)))
+        return None
+
+    def emit() -> Chunk:
+        chunk: Chunk
+        if shape[0] == MESSAGES:
+            chunk = MessageChunk(np.array(ts, np.int64), topics.copy(), payloads.copy())
+            topics.clear()
+            payloads.clear()
+        else:
+            chunk = TidyChunk(
+                np.array(ts, np.int64),
+                np.array(values, np.float64),
+                np.array(codes, np.int32),
+                list(pair_index),
+                seen["kind"],
+                seen["group"],
+            )
+            values.clear()
+            codes.clear()
+            pair_index.clear()
+            seen.update(kind=False, group=False)
+        chunk.position = rows.position
+        ts.clear()
+        return chunk
+
+    return rows.run(chunk_rows, parse, ts.__len__, emit)
+
+
+def _json_shape(obj: dict, path: Path) -> str:
+    if "topic" in obj or "payload" in obj:
+        return MESSAGES
+    if "device" in obj or "metric" in obj:
+        return TIDY
+    raise ValueError(f"{path}: unknown feed: first record has keys {sorted(obj)}; {EXPECTED}")
+
+
+def _json_ts(v: object) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        try:
+            return _number_ms(float(v))
+        except OverflowError:
+            return None
+    if isinstance(v, str):
+        return _text_ts(v)
+    return None
+
+
+def _json_value(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return math.nan
+    try:
+        return float(v)
+    except OverflowError:
+        return math.nan
