@@ -16,11 +16,11 @@ class Progress:
     """A one-line progress bar on stderr, redrawn at most ten times a second; silent when
     stderr is not a terminal."""
 
-    def __init__(self, pipeline: Pipeline, total: int | None, stream: TextIO = sys.stderr):
+    def __init__(self, pipeline: Pipeline, total: int | None, stream: TextIO | None = None):
         self.pipeline = pipeline
         self.total = total
-        self.stream = stream
-        self.enabled = stream.isatty()
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
         self.start = time.monotonic()
         self.last_draw = 0.0
 
@@ -45,9 +45,10 @@ class Progress:
             self.stream.flush()
 
 
-def alert_printer(stream: TextIO = sys.stdout) -> Callable[[list[Alert]], None]:
+def alert_printer(stream: TextIO | None = None) -> Callable[[list[Alert]], None]:
     """A pipeline listener that prints one line per alert opened or resolved."""
-    colour = stream.isatty()
+    out = stream or sys.stdout
+    colour = out.isatty()
     marks = {"open": ("OPEN   ", "\033[31m"), "resolve": ("RESOLVE", "\033[32m")}
 
     def show(alerts: list[Alert]) -> None:
@@ -57,13 +58,13 @@ def alert_printer(stream: TextIO = sys.stdout) -> Callable[[list[Alert]], None]:
             label, ansi = marks[a.event]
             if colour:
                 label = f"{ansi}{label}\033[0m"
-            stream.write(f"{format_ms(a.ts_ms)[:19]}  {label} {a.message}\n")
-        stream.flush()
+            out.write(f"{format_ms(a.ts_ms)[:19]}  {label} {a.message}\n")
+        out.flush()
 
     return show
 
 
-def print_summary(pipeline: Pipeline, elapsed_s: float, stream: TextIO = sys.stdout) -> None:
+def print_summary(pipeline: Pipeline, elapsed_s: float, stream: TextIO | None = None) -> None:
     s = pipeline.summary()
     readings = int(s["readings"])  # type: ignore[call-overload]
     lines = [
@@ -78,7 +79,7 @@ def print_summary(pipeline: Pipeline, elapsed_s: float, stream: TextIO = sys.std
     ]
     if s["sink_errors"]:
         lines.append(f"sink errors         {_fmt(s['sink_errors'])}")
-    stream.write("\n".join(lines) + "\n")
+    (stream or sys.stdout).write("\n".join(lines) + "\n")
 
 
 def _fmt(d: object) -> str:

@@ -499,27 +499,30 @@ def _pairs(names: dict[str, tuple[np.ndarray, list[str | None]]]) -> tuple[np.nd
 # --- text formats: one record per line ------------------------------------------------------
 
 
-def _lines(f: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
-    """(line number, line without its newline); strips a leading UTF-8 BOM."""
+def _lines(f: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line without its newline, byte offset after it); skips a UTF-8 BOM."""
     rest = b""
     lineno = 0
+    offset = 0
     first = True
     while data := f.read(block):
         if first:
             first = False
             if data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]
+                offset = 3
         lines = (rest + data).split(b"\n")
         rest = lines.pop()
         for line in lines:
             lineno += 1
-            yield lineno, line
+            offset += len(line) + 1
+            yield lineno, line, offset
     if rest:
-        yield lineno + 1, rest
+        yield lineno + 1, rest, offset + len(rest)
 
 
 class _TextRows:
-    """Accumulates rows parsed from lines; tracks the byte position."""
+    """Runs a line parser over a text file, yielding chunks; tracks the byte position."""
 
     def __init__(self, path: Path, counters: Counters) -> None:
         self.path = path
@@ -537,13 +540,11 @@ class _TextRows:
         emit: Callable[[], Chunk],
     ) -> Iterator[Chunk]:
         with open(self.path, "rb") as f:
-            for lineno, line in _lines(f):
-                self.position += len(line) + 1
-                if line.strip():
+            for lineno, line, self.position in _lines(f):
+                if line and not line.isspace():
                     parse(lineno, line)
                     if size() >= chunk_rows:
                         yield emit()
-            self.position = os.fstat(f.fileno()).st_size
         if size():
             yield emit()
 

@@ -153,34 +153,44 @@ def _ar_noise(rng: np.random.Generator, n_slots: int, n_cols: int, phi: float) -
     return x
 
 
+_WEEK_H = (np.arange(7 * 1440) % 1440) / 60.0  # hour of day, per minute of the week
+_WEEKEND = np.arange(7 * 1440) >= 5 * 1440
+
+
 def _levels(
-    spec: KindSpec, h: np.ndarray, weekend: np.ndarray, rng: np.random.Generator
+    spec: KindSpec, mow: np.ndarray, rng: np.random.Generator
 ) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """Noise-free levels per metric (S, D), noise std (M, D) and per-device parameters."""
-    n = h.shape[1]
+    """Noise-free levels per metric (S, D), noise std (M, D) and per-device parameters.
+
+    Daily and weekly profiles are tabulated per minute of the week and looked up by ``mow``.
+    """
+    n = mow.shape[1]
 
     def u(lo: float, hi: float) -> np.ndarray:
         return rng.uniform(lo, hi, n)
 
+    def bump(mu: float, width: float) -> np.ndarray:
+        return _bump(_WEEK_H, mu, width)[mow]
+
     if spec.kind == "air":
-        tr = _traffic_demand(h, weekend)
+        tr = _traffic_demand(_WEEK_H, _WEEKEND)[mow]
         expo = u(0.5, 1.3)
         traffic_no2 = 40.0 * expo * tr
         no2 = u(12, 30) + traffic_no2
-        o3 = u(32, 45) + u(30, 55) * _bump(h, 15.0, 3.2) - 0.25 * traffic_no2
-        pm25 = u(8, 16) + 5.0 * expo * _bump(h, 8.0, 1.5) + 7.0 * _bump(h, 20.5, 2.5)
+        o3 = u(32, 45) + u(30, 55) * bump(15.0, 3.2) - 0.25 * traffic_no2
+        pm25 = u(8, 16) + 5.0 * expo * bump(8.0, 1.5) + 7.0 * bump(20.5, 2.5)
         pm10 = u(1.5, 1.9) * pm25 + u(2, 6)
         sigma = np.stack([u(1.5, 2.5), u(2.5, 3.5), u(3.0, 4.5), u(3.0, 4.0)])
         return [pm25, pm10, no2, o3], sigma, {}
     if spec.kind == "traffic":
-        d = _traffic_demand(h, weekend)
+        d = _traffic_demand(_WEEK_H, _WEEKEND)[mow]
         cap = u(500, 1500)
         flow = cap * d
         occ = 3.0 + u(20, 35) * d**1.5
         speed = u(45, 85) * (1.0 - 0.5 * d**2)
         sigma = np.stack([0.03 * cap + 3.0, u(0.4, 0.8), u(1.5, 2.5)])
         return [flow, occ, speed], sigma, {}
-    w = _water_demand(h, weekend)
+    w = _water_demand(_WEEK_H, _WEEKEND)[mow]
     q = u(5, 60)
     flow = q * w
     pressure = u(3.8, 5.0) - u(0.6, 1.2) * w
@@ -208,9 +218,9 @@ def _build_kind(
     n_valid = int(valid.sum(axis=0).min())
 
     day_ms = 86_400_000
-    hour = (t_ms % day_ms).astype(np.float64) / 3_600_000.0
-    weekend = (t_ms // day_ms + 3) % 7 >= 5  # 1970-01-01 was a Thursday
-    levels, sigma, base = _levels(spec, hour, weekend, rng)
+    # minute of the week (Monday 00:00 = 0); 1970-01-01 was a Thursday
+    mow = ((t_ms // day_ms + 3) % 7 * 1440 + t_ms % day_ms // 60_000).astype(np.int32)
+    levels, sigma, base = _levels(spec, mow, rng)
 
     n_m = len(spec.metrics)
     own = _ar_noise(rng, n_slots, n_m * n_dev, 0.6).reshape(n_slots, n_m, n_dev)
@@ -422,43 +432,84 @@ class _Injector:
 
 # --------------------------------------------------------------------------- messages
 
-
-def _fixed(values: np.ndarray, decimals: int) -> list[pa.Array]:
-    """String pieces of non-negative numbers with a fixed number of decimals."""
-    scale = 10**decimals
-    q = np.rint(values * scale).astype(np.int64)
-    whole, frac = np.divmod(q, scale)
-    whole_s = pc.cast(pa.array(whole), pa.string())
-    if decimals == 0:
-        return [whole_s]
-    frac_s = pc.utf8_lpad(pc.cast(pa.array(frac), pa.string()), decimals, "0")
-    return [whole_s, pa.scalar("."), frac_s]
+CHUNK_ROWS = 2_000_000  # payloads are built in chunks of sorted rows (bounded memory)
 
 
-def _payloads(spec: KindSpec, ts_ms: np.ndarray, values: list[np.ndarray]) -> pa.Array:
-    pieces: list[pa.Array | pa.Scalar] = [
-        pa.scalar('{"ts":'),
-        pc.cast(pa.array(ts_ms), pa.string()),
+def _feed(sims: list[_KindSim], district_names: list[str], rng: np.random.Generator) -> pa.Table:
+    """All messages, sorted by arrival time; payloads built directly in that order."""
+    arrival, event, gdev, kind = [], [], [], []
+    n_slot = max(len(s.spec.metrics) for s in sims)
+    cols: list[list[np.ndarray]] = [[] for _ in range(n_slot)]
+    for k, sim in enumerate(sims):
+        np.maximum(sim.values, 0.0, out=sim.values)
+        pos = np.flatnonzero(sim.keep.ravel())
+        ev = sim.t_ms.ravel()[pos]
+        event.append(ev)
+        arrival.append(ev + rng.integers(LATENCY_MS[0], LATENCY_MS[1] + 1, len(pos)))
+        gdev.append((pos % sim.n_dev + sim.first_gdev).astype(np.int32))
+        kind.append(np.full(len(pos), k, np.int8))
+        for m in range(n_slot):
+            has = m < len(sim.spec.metrics)
+            cols[m].append(sim.values[m].ravel()[pos] if has else np.zeros(len(pos)))
+    arr = np.concatenate(arrival)
+    order = np.argsort(arr, kind="stable")
+    arr = arr[order]
+    ev_all, gdev_all, kind_all = (np.concatenate(x)[order] for x in (event, gdev, kind))
+    val_all = [np.concatenate(c)[order] for c in cols]
+    del arrival, event, gdev, kind, cols
+
+    topics = pa.array(
+        [
+            f"city/{district_names[sim.district[d]]}/{sim.spec.kind}/{name}"
+            for sim in sims
+            for d, name in enumerate(sim.devices)
+        ],
+        pa.string(),
+    )
+    names = [
+        pa.array([f',"{s.spec.metrics[m]}":' if m < len(s.spec.metrics) else None for s in sims])
+        for m in range(n_slot)
     ]
-    for name, dec, v in zip(spec.metrics, spec.decimals, values, strict=True):
-        pieces.append(pa.scalar(f',"{name}":'))
-        pieces.extend(_fixed(v, dec))
-    pieces.append(pa.scalar("}"))
-    joined = pc.binary_join_element_wise(*pieces, "")
-    return joined.cast(pa.binary())
-
-
-def _messages(
-    sim: _KindSim, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """(arrival ms, global device index, payloads) of one kind's messages."""
-    np.maximum(sim.values, 0.0, out=sim.values)
-    pos = np.flatnonzero(sim.keep.ravel())
-    ev = sim.t_ms.ravel()[pos]
-    arrival = ev + rng.integers(LATENCY_MS[0], LATENCY_MS[1] + 1, len(pos))
-    gdev = (pos % sim.n_dev + sim.first_gdev).astype(np.int32)
-    vals = [sim.values[m].ravel()[pos] for m in range(len(sim.spec.metrics))]
-    return arrival, gdev, _payloads(sim.spec, ev, vals)
+    scales = np.array(
+        [[10 ** (s.spec.decimals + (0,) * n_slot)[m] for m in range(n_slot)] for s in sims],
+        np.int64,
+    )
+    topic_chunks, payload_chunks = [], []
+    for lo in range(0, len(arr), CHUNK_ROWS):
+        sl = slice(lo, lo + CHUNK_ROWS)
+        kc = kind_all[sl]
+        kc_pa = pa.array(kc)
+        topic_chunks.append(topics.take(pa.array(gdev_all[sl])))
+        pieces: list[pa.Array | pa.Scalar] = [
+            pa.scalar('{"ts":'),
+            pc.cast(pa.array(ev_all[sl]), pa.string()),
+        ]
+        for m in range(n_slot):
+            scale = scales[kc, m]
+            whole, frac = np.divmod(np.rint(val_all[m][sl] * scale).astype(np.int64), scale)
+            absent = np.asarray(pc.is_null(names[m].take(kc_pa)), bool) if m else None
+            pieces.append(names[m].take(kc_pa))
+            pieces.append(pc.cast(pa.array(whole, mask=absent), pa.string()))
+            # "1" + zero-padded fraction, then the leading "1" becomes the decimal point
+            pieces.append(
+                pc.utf8_replace_slice(
+                    pc.cast(pa.array(frac + scale, mask=absent), pa.string()),
+                    start=0,
+                    stop=1,
+                    replacement=".",
+                )
+            )
+        pieces.append(pa.scalar("}"))
+        joined = pc.binary_join_element_wise(*pieces, "", null_handling="skip")
+        payload_chunks.append(joined.cast(pa.binary()))
+    return pa.table(
+        {
+            "ts": pa.array(arr, FEED_SCHEMA.field("ts").type),
+            "topic": pa.chunked_array(topic_chunks, pa.string()),
+            "payload": pa.chunked_array(payload_chunks, pa.binary()),
+        },
+        schema=FEED_SCHEMA,
+    )
 
 
 # --------------------------------------------------------------------------- public API
@@ -499,27 +550,7 @@ def simulate(cfg: SimConfig) -> tuple[pa.Table, pa.Table]:
     inj.dropouts()
     inj.channel_faults()
 
-    parts = [_messages(sim, rngs[5]) for sim in sims]
-    arrival = np.concatenate([p[0] for p in parts])
-    gdev = np.concatenate([p[1] for p in parts])
-    order = np.argsort(arrival, kind="stable")
-    topics = pa.array(
-        [
-            f"city/{dnames[sim.district[d]]}/{sim.spec.kind}/{name}"
-            for sim in sims
-            for d, name in enumerate(sim.devices)
-        ],
-        pa.string(),
-    )
-    payload = pa.chunked_array([p[2] for p in parts], pa.binary())
-    feed = pa.table(
-        {
-            "ts": pa.array(arrival[order], FEED_SCHEMA.field("ts").type),
-            "topic": topics.take(pa.array(gdev[order])),
-            "payload": payload.take(pa.array(order)),
-        },
-        schema=FEED_SCHEMA,
-    )
+    feed = _feed(sims, dnames, rngs[5])
     return feed, _label_table(inj.labels)
 
 

@@ -1,0 +1,131 @@
+"""End to end through the CLI: simulate -> replay -> alerts.jsonl and Parquet snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamproc.cli import main
+from streamproc.sources import simulate as sim
+
+T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("city")
+    sim.write(sim.SimConfig(channels=400, duration_s=12 * 3600, seed=7), out)
+    return out
+
+
+def replay(feed: Path, out: Path, *extra: str) -> list[dict]:
+    assert main(["replay", str(feed), "-o", str(out), *extra]) == 0
+    return [orjson.loads(line) for line in (out / "alerts.jsonl").read_bytes().splitlines()]
+
+
+def test_alerts_identical_whatever_the_batch_size(city: Path, tmp_path: Path) -> None:
+    runs = [
+        replay(city / "feed.parquet", tmp_path / f"b{size}", "--batch-size", str(size))
+        for size in (1, 97, 10_000)
+    ]
+    assert len(runs[0]) > 10  # the feed has injected anomalies: alerts must come out
+    assert {a["rule"] for a in runs[0]} >= {"zscore", "flatline", "dropout"}
+    assert runs[0] == runs[1] == runs[2]
+    files = [sorted(p.relative_to(tmp_path / f"b{s}") for p in (tmp_path / f"b{s}").rglob("*.parquet"))
+             for s in (1, 97, 10_000)]  # fmt: skip
+    assert files[0] == files[1] == files[2]
+
+
+def test_every_open_is_resolved_once_and_ids_are_unique(city: Path, tmp_path: Path) -> None:
+    alerts = replay(city / "feed.parquet", tmp_path / "out")
+    opens = [a["id"] for a in alerts if a["event"] == "open"]
+    resolves = [a["id"] for a in alerts if a["event"] == "resolve"]
+    assert len(opens) == len(set(opens))
+    assert len(resolves) == len(set(resolves))
+    assert set(resolves) <= set(opens)
+    for a in alerts:
+        assert 0 <= a["score"] <= 1
+        assert a["severity"] in ("info", "warning", "critical")
+
+
+def tidy_feed(path: Path, channels: int, minutes: int) -> int:
+    """Every channel reports once a minute; returns the number of readings."""
+    n = channels * minutes
+    ts = np.repeat(T0 + np.arange(minutes, dtype=np.int64) * 60_000, channels) + np.tile(
+        np.arange(channels, dtype=np.int64) * 10, minutes
+    )
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {
+            "ts": pa.array(ts, pa.timestamp("ms", tz="UTC")),
+            "device": [f"dev{i % channels:03d}" for i in range(n)],
+            "metric": ["flow"] * n,
+            "value": rng.normal(100, 5, n),
+            "kind": ["traffic"] * n,
+            "group": [f"d{i % 3}" for i in range(n)],
+        }
+    )
+    pq.write_table(table, path)
+    return n
+
+
+def test_duckdb_reads_the_snapshots_as_one_table(tmp_path: Path) -> None:
+    channels, minutes = 50, 60  # 12 snapshot intervals of 5 minutes
+    n = tidy_feed(tmp_path / "feed.parquet", channels, minutes)
+    replay(tmp_path / "feed.parquet", tmp_path / "out")
+    con = duckdb.connect()
+    glob = f"{tmp_path}/out/snapshots/**/*.parquet"
+    rows, total, intervals, kinds = con.execute(
+        "SELECT count(*), sum(count), count(DISTINCT interval_start), string_agg(DISTINCT kind) "
+        f"FROM read_parquet('{glob}', hive_partitioning=true)"
+    ).fetchone()
+    assert (rows, total, intervals, kinds) == (channels * 12, n, 12, "traffic")
+    per_channel = con.execute(
+        f"SELECT device, count(*) FROM read_parquet('{glob}', hive_partitioning=true) GROUP BY 1"
+    ).fetchall()
+    assert len(per_channel) == channels and {c for _, c in per_channel} == {12}
+
+
+def test_malformed_lines_are_counted_not_fatal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    log = tmp_path / "feed.log"
+    lines = [f"{(T0 + i * 60_000) / 1000:.3f} city/d1/air/st1 {{\"pm25\": {20 + i % 3}}}"
+             for i in range(30)]  # fmt: skip
+    lines[5] = "not a line at all"
+    lines[9] = f"{T0 / 1000 + 540:.3f} city/d1/air/st1 {{broken json"
+    lines[12] = f"{T0 / 1000 + 720:.3f} no/pattern/here {{\"pm25\": 1}}"
+    log.write_text("\n".join(lines) + "\n")
+    replay(log, tmp_path / "out")
+    out = capsys.readouterr().out
+    assert "malformed 2" in out and "unknown 1" in out and "ok 27" in out
+    assert "readings processed  27" in out
+
+
+def test_replay_refuses_to_mix_outputs(city: Path, tmp_path: Path) -> None:
+    replay(city / "feed.parquet", tmp_path / "out", "--batch-size", "5000")
+    with pytest.raises(SystemExit, match="already holds output"):
+        main(["replay", str(city / "feed.parquet"), "-o", str(tmp_path / "out")])
+    replay(city / "feed.parquet", tmp_path / "out", "--force")
+
+
+def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    example = Path(__file__).parent.parent / "configs" / "city.example.toml"
+    assert main(["check-config", str(example)]) == 0
+    assert capsys.readouterr().out == "ok\n"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[snapshots]\ninterval_s = 60\ngrace_s = 90\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "snapshots.grace_s" in capsys.readouterr().err
+
+
+def test_demo_runs_bounded(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--seconds", "4", "--channels", "300", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "readings processed" in text and "read_parquet" in text
+    assert (out / "alerts.jsonl").exists() and (out / "labels.csv").exists()
