@@ -359,7 +359,7 @@ def _ts_ms(x: Any) -> int | None:
             ms = parse_rfc3339_ms(x)
         else:
             return None
-    except (KeyError):
+    except (ValueError, OverflowError):  # NaN, infinity, not a time
         return None
     return ms if MIN_TS_MS <= ms <= MAX_TS_MS else None
 

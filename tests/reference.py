@@ -215,11 +215,12 @@ class Reference:
         z = self.s.rules["zscore"].for_channel(kind, metric)
         w = list(ch.window)
         if z.enabled and len(w) >= z.min_readings:
-            n = len(w)
-            mean = sum(w) / n
-            var = sum(v * v for v in w) / n - mean * mean
+            changes = [b - a for a, b in zip(w, w[1:], strict=False)]
+            n = len(changes)
+            mean = sum(changes) / n
+            var = sum(v * v for v in changes) / n - mean * mean
             sd = max(math.sqrt(var) if var > 0 else 0.0, z.min_std)
-            zz = (xv - mean) / sd if sd > 0 else 0.0
+            zz = (xv - w[-1] - mean) / sd if sd > 0 else 0.0
             sc = ratio_score(abs(zz) / z.z_open)
             score = max(score, sc)
             sev = SEV_CRITICAL if abs(zz) >= z.z_critical else SEV_WARNING

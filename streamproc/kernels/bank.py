@@ -7,7 +7,8 @@ Per reading (channel c, time t, value x), in this order:
 2. a dropout alert of c resolves;
 3. rules see x against the window *before* x enters it:
    - threshold: x beyond an absolute limit, with hysteresis and a minimum duration;
-   - zscore: |x - mean| / std of the last ``window`` values (spikes and dips);
+   - zscore: the change x - previous against the mean and std of the changes in the last
+     ``window`` values (spikes, dips, sudden steps; slow daily trends barely move it);
    - flatline: x equal (within tolerance) to the previous value for N readings and T ms;
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
@@ -238,12 +239,15 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
-        # rolling z-score against the window before x
+        # rolling z-score of the change x - previous, against the changes in the window
+        # (a daily trend shifts their mean a little; a spike or a dip stands out at once)
         if prm[p, P_Z_ON] > 0 and n >= prm[p, P_Z_MIN_N]:
-            mean = s1[c] / n
-            var = s2[c] / n - mean * mean
+            nd = n - 1
+            mean = s1[c] / nd
+            var = s2[c] / nd - mean * mean
             sd = max(np.sqrt(var) if var > 0 else 0.0, prm[p, P_Z_MIN_STD])
-            z = (xv - mean) / sd if sd > 0 else 0.0
+            d = xv - np.float64(ring[c, (pos[c] - 1) % window])
+            z = (d - mean) / sd if sd > 0 else 0.0
             az = abs(z)
             z_open = prm[p, P_Z_OPEN]
             sc = _ratio_score(az / z_open)
@@ -270,27 +274,29 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
-        # the window takes x
+        # the window takes x; s1, s2 sum the changes between consecutive values in it
         k = pos[c]
+        if n > 0:
+            dn = xv - np.float64(ring[c, (k - 1) % window])
+            s1[c] += dn
+            s2[c] += dn * dn
         if n == window:
-            old = np.float64(ring[c, k])
-            s1[c] -= old
-            s2[c] -= old * old
+            dold = np.float64(ring[c, (k + 1) % window]) - np.float64(ring[c, k])
+            s1[c] -= dold
+            s2[c] -= dold * dold
         else:
             cnt[c] = n + 1
         ring[c, k] = x32
-        s1[c] += xv
-        s2[c] += xv * xv
         k += 1
         if k == window:
             k = 0
             # exact re-sum once per lap keeps rounding error from accumulating
             a = 0.0
             b = 0.0
-            for j in range(window):
-                v = np.float64(ring[c, j])
-                a += v
-                b += v * v
+            for j in range(window - 1):
+                dd = np.float64(ring[c, j + 1]) - np.float64(ring[c, j])
+                a += dd
+                b += dd * dd
             s1[c] = a
             s2[c] = b
         pos[c] = k

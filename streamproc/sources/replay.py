@@ -20,7 +20,7 @@ import csv
 import errno
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -149,6 +149,10 @@ def read_feed(path: Path, counters: Counters, chunk_rows: int = 65536) -> Iterat
     if fmt == "parquet":
         pf = pq.ParquetFile(path)
         shape, cols = _shape(pf.schema_arrow.names, path)
+        if shape == TIDY:  # names as read from the file's dictionaries: no re-hashing
+            schema = pf.schema_arrow
+            names = [c for c in cols[1:] if c != "value" and _is_text(schema.field(c).type)]
+            pf = pq.ParquetFile(path, read_dictionary=names)
         return _parquet_chunks(pf, shape, cols, counters, chunk_rows, path.name)
     if fmt == "csv":
         header = _csv_header(path)
@@ -247,26 +251,20 @@ def _arrow_chunk(
         return MessageChunk(ts[keep], [topics[i] for i in il], [payloads[i] for i in il])
 
     names = {
-        c: _codes(batch.column(c))
-        for c in TIDY_COLUMNS[1:3] + TIDY_OPTIONAL
+        c: _codes(batch.column(c), optional=c in TIDY_OPTIONAL)
+        for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL)
         if c in batch.schema.names
     }
-    for c in ("device", "metric"):
-        codes, table = names[c]
-        bad = np.array([not t for t in table] + [True], bool)  # None, "" and null (-1)
-        checks.append((~bad[codes], f"missing, empty or non-UTF-8 {c}"))
-    for c in TIDY_OPTIONAL:
-        if c in names:
-            codes, table = names[c]
-            bad = np.array([t is None for t in table] + [False], bool)
-            checks.append((~bad[codes], f"non-UTF-8 {c}"))
+    for c, (codes, _, bad) in names.items():
+        what = "non-UTF-8" if c in TIDY_OPTIONAL else "missing, empty or non-UTF-8"
+        checks.append((~bad[codes], f"{what} {c}"))
     keep = _count_bad(counters, checks, name, first_row)
     value = _values(batch.column("value"))
     if keep is not None:
         if not len(keep):
             return None
         ts, value = ts[keep], value[keep]
-        names = {c: (codes[keep], table) for c, (codes, table) in names.items()}
+        names = {c: (codes[keep], d, bad) for c, (codes, d, bad) in names.items()}
     pair_code, pairs = _pairs(names)
     return TidyChunk(ts, value, pair_code, pairs, "kind" in names, "group" in names)
 
@@ -447,53 +445,76 @@ def _payloads(arr: pa.Array) -> tuple[list[bytes | None], np.ndarray]:
     return arr.to_pylist(), _valid(arr)
 
 
-def _codes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
-    """Dictionary-encode a name column -> (codes, -1 where null; names, None if non-UTF-8)."""
+_Names = tuple[np.ndarray, pa.Array, np.ndarray]
+
+
+def _codes(arr: pa.Array | pa.ChunkedArray, optional: bool) -> _Names:
+    """Dictionary-encode a name column -> (codes, -1 where null; dictionary as strings;
+    bad: per code, plus a last entry for null, whether the row is malformed).
+
+    Required names are bad when null, empty or not UTF-8; optional ones only when not UTF-8,
+    and empty ones become null (None) in the dictionary.
+    """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not pa.types.is_dictionary(arr.type):
+        if not _is_text(arr.type):
+            arr = arr.cast(pa.string())
         arr = pc.dictionary_encode(arr)
     codes = pc.fill_null(arr.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    names = [_name(v) for v in arr.dictionary.to_pylist()]
-    return codes, names
+    d = arr.dictionary
+    invalid = np.zeros(len(d), bool)
+    if not (pa.types.is_string(d.type) or pa.types.is_large_string(d.type)):
+        try:
+            d = d.cast(pa.string())
+        except pa.ArrowInvalid:
+            values = [_decode(v) for v in d.to_pylist()]
+            invalid = np.array([v is None for v in values], bool) & _valid(d)
+            d = pa.array(values, pa.string())
+    empty = np.asarray(
+        pc.fill_null(pc.equal(pc.binary_length(d), 0), False).to_numpy(zero_copy_only=False), bool
+    )
+    if optional:
+        if empty.any():
+            d = pc.if_else(pa.array(empty), pa.scalar(None, d.type), d)
+        bad = np.append(invalid, False)
+    else:
+        bad = np.append(invalid | empty | ~_valid(d), True)
+    return codes, d, bad
 
 
-def _name(v: object) -> str | None:
-    if isinstance(v, bytes):
-        return _decode(v)
-    if v is None or isinstance(v, str):
-        return v
-    return str(v)
-
-
-def _pairs(names: dict[str, tuple[np.ndarray, list[str | None]]]) -> tuple[np.ndarray, list[Pair]]:
+def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, list[Pair]]:
     """Unique (device, metric, kind, group) per row -> (int32 codes, pairs by first appearance)."""
     cols = [names[c] for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL) if c in names]
     n = len(cols[0][0])
     key = np.zeros(n, np.int64)
     card = 1
-    for codes, table in cols:
-        size = len(table) + 1
+    for codes, d, _ in cols:
+        size = len(d) + 1
         if card * size >= MAX_ABS_MS:
-            _, key = np.unique(key, return_inverse=True)
-            card = int(key.max()) + 1 if n else 1
+            key, card = _dense(key)
         key = key * size + (codes + 1)
         card *= size
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(order), np.int32)
-    rank[order] = np.arange(len(order), dtype=np.int32)
-    rows = first[order].tolist()
+    code, _ = _dense(key)  # codes in order of first appearance
+    top = np.maximum.accumulate(code)
+    rows = np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1]))) if n else code
 
     def column(c: str) -> list[str | None]:
         if c not in names:
             return [None] * len(rows)
-        codes, table = names[c]
-        return [(table[k] or None) if k >= 0 else None for k in codes[rows].tolist()]
+        codes, d, _ = names[c]
+        at = codes[rows]
+        return d.take(pa.array(at, mask=at < 0)).to_pylist()
 
     dev, met, kind, group = (column(c) for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL))
     pairs: list[Pair] = list(zip(dev, met, kind, group, strict=True))  # type: ignore[arg-type]
-    return rank[inverse.reshape(-1)], pairs
+    return code.astype(np.int32), pairs
+
+
+def _dense(key: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense codes 0.. for ``key`` in order of first appearance (hash based), and their count."""
+    enc = pc.dictionary_encode(pa.array(key))
+    return enc.indices.to_numpy().astype(np.int64), len(enc.dictionary)
 
 
 # --- text formats: one record per line ------------------------------------------------------
@@ -521,70 +542,63 @@ def _lines(f: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[int, bytes, int]
         yield lineno + 1, rest, offset + len(rest)
 
 
-class _TextRows:
-    """Runs a line parser over a text file, yielding chunks; tracks the byte position."""
-
-    def __init__(self, path: Path, counters: Counters) -> None:
-        self.path = path
-        self.counters = counters
-        self.position = 0
-
-    def bad(self, lineno: int, reason: str) -> None:
-        self.counters.message(MALFORMED, f"{self.path.name}:{lineno}: {reason}")
-
-    def run(
-        self,
-        chunk_rows: int,
-        parse: Callable[[int, bytes], None],
-        size: Callable[[], int],
-        emit: Callable[[], Chunk],
-    ) -> Iterator[Chunk]:
-        with open(self.path, "rb") as f:
-            for lineno, line, self.position in _lines(f):
-                if line and not line.isspace():
-                    parse(lineno, line)
-                    if size() >= chunk_rows:
-                        yield emit()
-        if size():
-            yield emit()
-
-
 def _log_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[Chunk]:
-    rows = _TextRows(path, counters)
-    ts: list[int] = []
+    raw: list[float] = []  # epoch s or ms as written
+    exact: list[tuple[int, int]] = []  # (row, ms) for RFC 3339 times
     topics: list[str] = []
     payloads: list[bytes] = []
 
-    def parse(lineno: int, line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        parts = line.split(b" ", 2)
-        if len(parts) < 3:
-            return rows.bad(lineno, "expected '<unix time> <topic> <payload>'")
-        t = _text_ts(parts[0])
-        if t is None:
-            return rows.bad(lineno, f"unparseable time {parts[0][:40]!r}")
-        topic = _decode(parts[1])
-        if not topic:
-            return rows.bad(lineno, "empty or non-UTF-8 topic")
-        ts.append(t)
-        topics.append(topic)
-        payloads.append(parts[2])
-        return None
+    def chunk(position: int) -> MessageChunk:
+        ms, _ = _numbers_to_ms(np.array(raw, np.float64))
+        for row, t in exact:
+            ms[row] = t
+        out = MessageChunk(ms, topics.copy(), payloads.copy(), position)
+        for x in (raw, exact, topics, payloads):
+            x.clear()
+        return out
 
-    def emit() -> Chunk:
-        chunk = MessageChunk(np.array(ts, np.int64), topics.copy(), payloads.copy(), rows.position)
-        ts.clear()
-        topics.clear()
-        payloads.clear()
-        return chunk
+    def bad(lineno: int, reason: str) -> None:
+        counters.message(MALFORMED, f"{path.name}:{lineno}: {reason}")
 
-    return rows.run(chunk_rows, parse, ts.__len__, emit)
+    position = 0
+    with open(path, "rb") as f:
+        for lineno, line, position in _lines(f):
+            parts = line.split(b" ", 2)
+            if len(parts) < 3:
+                if line and not line.isspace():
+                    bad(lineno, "expected '<unix time> <topic> <payload>'")
+                continue
+            tok, topic_bytes, payload = parts
+            try:
+                x = float(tok)
+            except ValueError:
+                t = _text_ts(tok)
+                if t is None:
+                    bad(lineno, f"unparseable time {tok[:40]!r}")
+                    continue
+                exact.append((len(raw), t))
+                x = 0.0
+            if not abs(x) < MAX_ABS_MS:  # also NaN
+                bad(lineno, f"unparseable time {tok[:40]!r}")
+                continue
+            try:
+                topic = topic_bytes.decode()
+            except UnicodeDecodeError:
+                topic = ""
+            if not topic:
+                bad(lineno, "empty or non-UTF-8 topic")
+                continue
+            raw.append(x)
+            topics.append(topic)
+            payloads.append(payload[:-1] if payload.endswith(b"\r") else payload)
+            if len(raw) >= chunk_rows:
+                yield chunk(position)
+    if raw:
+        yield chunk(position)
 
 
 def _jsonl_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[Chunk]:
-    rows = _TextRows(path, counters)
-    shape: list[str] = []  # decided by the first JSON object
+    shape = ""  # decided by the first JSON object
     ts: list[int] = []
     topics: list[str] = []
     payloads: list[bytes] = []
@@ -593,73 +607,88 @@ def _jsonl_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[C
     pair_index: dict[Pair, int] = {}
     seen = {"kind": False, "group": False}
 
-    def parse(lineno: int, line: bytes) -> None:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return rows.bad(lineno, "invalid JSON")
-        if not isinstance(obj, dict):
-            return rows.bad(lineno, "not a JSON object")
-        if not shape:
-            shape.append(_json_shape(obj, path))
-        t = _json_ts(obj.get("ts"))
-        if t is None:
-            return rows.bad(lineno, "missing or unparseable ts")
-        if shape[0] == MESSAGES:
-            topic = obj.get("topic")
-            if not isinstance(topic, str) or not topic:
-                return rows.bad(lineno, "missing or empty topic")
-            if "payload" not in obj:
-                return rows.bad(lineno, "missing payload")
-            p = obj["payload"]
-            ts.append(t)
-            topics.append(topic)
-            payloads.append(
-                p.encode("utf-8", "surrogatepass") if isinstance(p, str) else orjson.dumps(p)
-            )
-            return None
-        device, metric = obj.get("device"), obj.get("metric")
-        if not isinstance(device, str) or not device:
-            return rows.bad(lineno, "missing or empty device")
-        if not isinstance(metric, str) or not metric:
-            return rows.bad(lineno, "missing or empty metric")
-        extra: list[str | None] = []
-        for c in TIDY_OPTIONAL:
-            v = obj.get(c)
-            if v is not None and not isinstance(v, str):
-                return rows.bad(lineno, f"{c} is not a string")
-            seen[c] = seen[c] or c in obj
-            extra.append(v or None)
-        key: Pair = (device, metric, extra[0], extra[1])
-        ts.append(t)
-        values.append(_json_value(obj.get("value")))
-        codes.append(pair_index.setdefault(key, len(pair_index)))
-        return None
-
-    def emit() -> Chunk:
-        chunk: Chunk
-        if shape[0] == MESSAGES:
-            chunk = MessageChunk(np.array(ts, np.int64), topics.copy(), payloads.copy())
-            topics.clear()
-            payloads.clear()
+    def chunk(position: int) -> Chunk:
+        out: Chunk
+        if shape == MESSAGES:
+            out = MessageChunk(np.array(ts, np.int64), topics.copy(), payloads.copy(), position)
         else:
-            chunk = TidyChunk(
+            out = TidyChunk(
                 np.array(ts, np.int64),
                 np.array(values, np.float64),
                 np.array(codes, np.int32),
                 list(pair_index),
                 seen["kind"],
                 seen["group"],
+                position,
             )
-            values.clear()
-            codes.clear()
-            pair_index.clear()
-            seen.update(kind=False, group=False)
-        chunk.position = rows.position
-        ts.clear()
-        return chunk
+        for x in (ts, topics, payloads, values, codes, pair_index):
+            x.clear()
+        seen.update(kind=False, group=False)
+        return out
 
-    return rows.run(chunk_rows, parse, ts.__len__, emit)
+    def bad(lineno: int, reason: str) -> None:
+        counters.message(MALFORMED, f"{path.name}:{lineno}: {reason}")
+
+    position = 0
+    with open(path, "rb") as f:
+        for lineno, line, position in _lines(f):
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                if line and not line.isspace():
+                    bad(lineno, "invalid JSON")
+                continue
+            if not isinstance(obj, dict):
+                bad(lineno, "not a JSON object")
+                continue
+            if not shape:
+                shape = _json_shape(obj, path)
+            t = _json_ts(obj.get("ts"))
+            if t is None:
+                bad(lineno, "missing or unparseable ts")
+                continue
+            if shape == MESSAGES:
+                topic = obj.get("topic")
+                if not isinstance(topic, str) or not topic:
+                    bad(lineno, "missing or empty topic")
+                    continue
+                if "payload" not in obj:
+                    bad(lineno, "missing payload")
+                    continue
+                p = obj["payload"]
+                payloads.append(
+                    p.encode("utf-8", "surrogatepass") if isinstance(p, str) else orjson.dumps(p)
+                )
+                topics.append(topic)
+            else:
+                key = _json_pair(obj, seen)
+                if isinstance(key, str):
+                    bad(lineno, key)
+                    continue
+                values.append(_json_value(obj.get("value")))
+                codes.append(pair_index.setdefault(key, len(pair_index)))
+            ts.append(t)
+            if len(ts) >= chunk_rows:
+                yield chunk(position)
+    if ts:
+        yield chunk(position)
+
+
+def _json_pair(obj: dict, seen: dict[str, bool]) -> Pair | str:
+    """(device, metric, kind, group) of a reading, or why it is malformed."""
+    device, metric = obj.get("device"), obj.get("metric")
+    if not isinstance(device, str) or not device:
+        return "missing or empty device"
+    if not isinstance(metric, str) or not metric:
+        return "missing or empty metric"
+    kind, group = obj.get("kind"), obj.get("group")
+    if kind is not None and not isinstance(kind, str):
+        return "kind is not a string"
+    if group is not None and not isinstance(group, str):
+        return "group is not a string"
+    seen["kind"] = seen["kind"] or "kind" in obj
+    seen["group"] = seen["group"] or "group" in obj
+    return (device, metric, kind or None, group or None)
 
 
 def _json_shape(obj: dict, path: Path) -> str:

@@ -108,12 +108,17 @@ class _KindSim:
     keep: np.ndarray  # (S, D) bool: a message is sent
     values: np.ndarray  # (M, S, D) float64
     sigma: np.ndarray  # (M, D) noise std per channel
-    base: dict[str, np.ndarray]  # per-device model parameters
+    base: dict[str, np.ndarray]  # model parameters; "sigma_t{m}": (S, D) noise std
     n_valid: int  # slots valid for every device
 
     @property
     def n_dev(self) -> int:
         return len(self.devices)
+
+    def sigma_at(self, m: int, j: int, d: int) -> float:
+        """Noise std of channel (m, d) at slot j."""
+        varying = self.base.get(f"sigma_t{m}")
+        return float(self.sigma[m, d] if varying is None else varying[j, d])
 
 
 # --------------------------------------------------------------------------- patterns
@@ -131,10 +136,11 @@ def _plateau(h: np.ndarray, a: float, b: float) -> np.ndarray:
 
 
 def _traffic_demand(h: np.ndarray, weekend: np.ndarray) -> np.ndarray:
-    """Road demand, about 0.12 at night to 1 at the weekday rush hours."""
-    wd = 0.15 + 0.9 * _bump(h, 8.0, 1.1) + 0.85 * _bump(h, 17.75, 1.4) + 0.4 * _plateau(h, 6.5, 20.5)
-    we = 0.15 + 0.55 * _bump(h, 13.5, 3.5) + 0.15 * _bump(h, 20.0, 2.0)
-    return np.where(weekend, we, wd) / 1.35
+    """Road demand, about 0.15 at night to 1 at the weekday rush hours."""
+    rush = 0.9 * _bump(h, 8.0, 1.1) + 0.85 * _bump(h, 17.75, 1.4)
+    wd = 0.22 + rush + 0.4 * _plateau(h, 6.5, 20.5)
+    we = 0.22 + 0.55 * _bump(h, 13.5, 3.5) + 0.15 * _bump(h, 20.0, 2.0)
+    return np.where(weekend, we, wd) / 1.45
 
 
 def _water_demand(h: np.ndarray, weekend: np.ndarray) -> np.ndarray:
@@ -167,7 +173,7 @@ def _levels(
     n = mow.shape[1]
 
     def u(lo: float, hi: float) -> np.ndarray:
-        return rng.uniform(lo, hi, n)
+        return np.asarray(rng.uniform(lo, hi, n))
 
     def bump(mu: float, width: float) -> np.ndarray:
         return _bump(_WEEK_H, mu, width)[mow]
@@ -176,11 +182,11 @@ def _levels(
         tr = _traffic_demand(_WEEK_H, _WEEKEND)[mow]
         expo = u(0.5, 1.3)
         traffic_no2 = 40.0 * expo * tr
-        no2 = u(12, 30) + traffic_no2
+        no2 = u(15, 30) + traffic_no2
         o3 = u(32, 45) + u(30, 55) * bump(15.0, 3.2) - 0.25 * traffic_no2
-        pm25 = u(8, 16) + 5.0 * expo * bump(8.0, 1.5) + 7.0 * bump(20.5, 2.5)
+        pm25 = u(10, 18) + 5.0 * expo * bump(8.0, 1.5) + 7.0 * bump(20.5, 2.5)
         pm10 = u(1.5, 1.9) * pm25 + u(2, 6)
-        sigma = np.stack([u(1.5, 2.5), u(2.5, 3.5), u(3.0, 4.5), u(3.0, 4.0)])
+        sigma = np.stack([u(1.2, 2.0), u(2.5, 3.5), u(2.5, 4.0), u(3.0, 4.0)])
         return [pm25, pm10, no2, o3], sigma, {}
     if spec.kind == "traffic":
         d = _traffic_demand(_WEEK_H, _WEEKEND)[mow]
@@ -188,8 +194,10 @@ def _levels(
         flow = cap * d
         occ = 3.0 + u(20, 35) * d**1.5
         speed = u(45, 85) * (1.0 - 0.5 * d**2)
-        sigma = np.stack([0.03 * cap + 3.0, u(0.4, 0.8), u(1.5, 2.5)])
-        return [flow, occ, speed], sigma, {}
+        # counting noise grows with the flow (like Poisson counts)
+        flow_sigma = np.sqrt(4.0 * flow + 25.0)
+        sigma = np.stack([flow_sigma.mean(axis=0), u(0.4, 0.8), u(1.5, 2.5)])
+        return [flow, occ, speed], sigma, {"sigma_t0": flow_sigma}
     w = _water_demand(_WEEK_H, _WEEKEND)[mow]
     q = u(5, 60)
     flow = q * w
@@ -230,7 +238,8 @@ def _build_kind(
         z[:, 1] = 0.6 * z[:, 0] + 0.8 * z[:, 1]
     values = np.empty((n_m, n_slots, n_dev))
     for m in range(n_m):
-        values[m] = levels[m] + sigma[m][None, :] * z[:, m]
+        scale = base.get(f"sigma_t{m}", sigma[m][None, :])
+        values[m] = levels[m] + scale * z[:, m]
     return _KindSim(
         spec, iv, devices, district, first_gdev, t_ms, valid, values, sigma, base, n_valid
     )
@@ -409,7 +418,7 @@ class _Injector:
             return
         j0, n = w
         v = sim.values[m, :, d]  # view
-        sig = sim.sigma[m, d]
+        sig = sim.sigma_at(m, j0, d)
         seg = slice(j0, j0 + n)
         if anomaly == "spike":
             v[j0] += rng.uniform(8, 20) * sig
@@ -432,32 +441,54 @@ class _Injector:
 
 # --------------------------------------------------------------------------- messages
 
-CHUNK_ROWS = 2_000_000  # payloads are built in chunks of sorted rows (bounded memory)
+CHUNK_ROWS = 4_000_000  # rows per output chunk (keeps binary offsets well below 2 GiB)
+
+
+def _fixed(values: np.ndarray, decimals: int) -> list[pa.Array | pa.Scalar]:
+    """String pieces of non-negative numbers with a fixed number (>= 1) of decimals."""
+    scale = 10**decimals
+    whole, frac = np.divmod(np.rint(values * scale).astype(np.int64), scale)
+    # "1" + zero-padded fraction; the leading "1" then becomes the decimal point
+    frac_s = pc.utf8_replace_slice(
+        pc.cast(pa.array(frac + scale), pa.string()), start=0, stop=1, replacement="."
+    )
+    return [pc.cast(pa.array(whole), pa.string()), frac_s]
+
+
+def _payloads(spec: KindSpec, ts_ms: np.ndarray, values: list[np.ndarray]) -> pa.Array:
+    """JSON payloads ``{"ts":...,"metric":value,...}`` as a binary array."""
+    pieces: list[pa.Array | pa.Scalar] = [
+        pa.scalar('{"ts":'),
+        pc.cast(pa.array(ts_ms), pa.string()),
+    ]
+    for name, dec, v in zip(spec.metrics, spec.decimals, values, strict=True):
+        pieces.append(pa.scalar(f',"{name}":'))
+        pieces.extend(_fixed(v, dec))
+    pieces.append(pa.scalar("}"))
+    return pc.binary_join_element_wise(*pieces, "").cast(pa.binary())
 
 
 def _feed(sims: list[_KindSim], district_names: list[str], rng: np.random.Generator) -> pa.Table:
-    """All messages, sorted by arrival time; payloads built directly in that order."""
-    arrival, event, gdev, kind = [], [], [], []
-    n_slot = max(len(s.spec.metrics) for s in sims)
-    cols: list[list[np.ndarray]] = [[] for _ in range(n_slot)]
-    for k, sim in enumerate(sims):
+    """All messages sorted by arrival time (stable, so per device event order is kept)."""
+    arrival, gdev, payloads = [], [], []
+    for sim in sims:
         np.maximum(sim.values, 0.0, out=sim.values)
         pos = np.flatnonzero(sim.keep.ravel())
         ev = sim.t_ms.ravel()[pos]
-        event.append(ev)
-        arrival.append(ev + rng.integers(LATENCY_MS[0], LATENCY_MS[1] + 1, len(pos)))
+        arr = ev + rng.integers(LATENCY_MS[0], LATENCY_MS[1] + 1, len(pos))
+        srt = np.argsort(arr, kind="stable")  # sort each kind first: the merge below is cheap
+        pos, ev = pos[srt], ev[srt]
+        arrival.append(arr[srt])
         gdev.append((pos % sim.n_dev + sim.first_gdev).astype(np.int32))
-        kind.append(np.full(len(pos), k, np.int8))
-        for m in range(n_slot):
-            has = m < len(sim.spec.metrics)
-            cols[m].append(sim.values[m].ravel()[pos] if has else np.zeros(len(pos)))
-    arr = np.concatenate(arrival)
-    order = np.argsort(arr, kind="stable")
-    arr = arr[order]
-    ev_all, gdev_all, kind_all = (np.concatenate(x)[order] for x in (event, gdev, kind))
-    val_all = [np.concatenate(c)[order] for c in cols]
-    del arrival, event, gdev, kind, cols
-
+        vals = [sim.values[m].ravel()[pos] for m in range(len(sim.spec.metrics))]
+        payloads.append(_payloads(sim.spec, ev, vals))
+    all_arrival = np.concatenate(arrival)
+    order = np.argsort(all_arrival, kind="stable")
+    all_gdev = np.concatenate(gdev)[order]
+    if sum(p.nbytes for p in payloads) > 2**31 - 2**24:
+        payloads = [p.cast(pa.large_binary()) for p in payloads]
+    merged = pa.concat_arrays(payloads)
+    del payloads
     topics = pa.array(
         [
             f"city/{district_names[sim.district[d]]}/{sim.spec.kind}/{name}"
@@ -466,45 +497,14 @@ def _feed(sims: list[_KindSim], district_names: list[str], rng: np.random.Genera
         ],
         pa.string(),
     )
-    names = [
-        pa.array([f',"{s.spec.metrics[m]}":' if m < len(s.spec.metrics) else None for s in sims])
-        for m in range(n_slot)
-    ]
-    scales = np.array(
-        [[10 ** (s.spec.decimals + (0,) * n_slot)[m] for m in range(n_slot)] for s in sims],
-        np.int64,
-    )
     topic_chunks, payload_chunks = [], []
-    for lo in range(0, len(arr), CHUNK_ROWS):
+    for lo in range(0, len(order), CHUNK_ROWS):
         sl = slice(lo, lo + CHUNK_ROWS)
-        kc = kind_all[sl]
-        kc_pa = pa.array(kc)
-        topic_chunks.append(topics.take(pa.array(gdev_all[sl])))
-        pieces: list[pa.Array | pa.Scalar] = [
-            pa.scalar('{"ts":'),
-            pc.cast(pa.array(ev_all[sl]), pa.string()),
-        ]
-        for m in range(n_slot):
-            scale = scales[kc, m]
-            whole, frac = np.divmod(np.rint(val_all[m][sl] * scale).astype(np.int64), scale)
-            absent = np.asarray(pc.is_null(names[m].take(kc_pa)), bool) if m else None
-            pieces.append(names[m].take(kc_pa))
-            pieces.append(pc.cast(pa.array(whole, mask=absent), pa.string()))
-            # "1" + zero-padded fraction, then the leading "1" becomes the decimal point
-            pieces.append(
-                pc.utf8_replace_slice(
-                    pc.cast(pa.array(frac + scale, mask=absent), pa.string()),
-                    start=0,
-                    stop=1,
-                    replacement=".",
-                )
-            )
-        pieces.append(pa.scalar("}"))
-        joined = pc.binary_join_element_wise(*pieces, "", null_handling="skip")
-        payload_chunks.append(joined.cast(pa.binary()))
+        topic_chunks.append(topics.take(pa.array(all_gdev[sl])))
+        payload_chunks.append(merged.take(pa.array(order[sl])).cast(pa.binary()))
     return pa.table(
         {
-            "ts": pa.array(arr, FEED_SCHEMA.field("ts").type),
+            "ts": pa.array(all_arrival[order], FEED_SCHEMA.field("ts").type),
             "topic": pa.chunked_array(topic_chunks, pa.string()),
             "payload": pa.chunked_array(payload_chunks, pa.binary()),
         },
