@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     (out / DEMO_MARK).touch()
     print(f"streamproc {__version__} demo: a simulated city of ~{args.channels:,} channels, "
-          f"one day of readings at {args.speed:,.0f}x real time, through the real pipeline")  # fmt: skip
+          f"one day at {args.speed:,.0f}x real time, through the real pipeline")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         cfg = sim.SimConfig(channels=args.channels, duration_s=86_400, seed=args.seed)
         feed, _ = sim.write(cfg, Path(tmp))
@@ -124,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"""
 Output in {out}/:
   alerts.jsonl              one line per alert opened or resolved
-  snapshots/kind=*/date=*/  per-channel aggregates every {settings.snapshots.interval_s:.0f} s (Parquet)
+  snapshots/kind=*/date=*/  per-channel aggregates, every {settings.snapshots.interval_s:.0f} s
   alerts/kind=*/date=*/     the alerts of each interval (Parquet)
   labels.csv                the anomalies the simulator injected
 Query the snapshots, for example with DuckDB:
@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("replay", help="run a recorded feed through the pipeline")
-    r.add_argument("feed", help="Parquet, CSV or JSON Lines table, or a mosquitto_sub -F '%%U %%t %%p' log")
+    r.add_argument(
+        "feed", help="Parquet, CSV or JSON Lines table, or a mosquitto_sub -F '%%U %%t %%p' log"
+    )
     r.add_argument("-c", "--config", help="TOML configuration file")
     r.add_argument("-o", "--out", required=True, help="output folder")
     r.add_argument("--speed", type=_speed, default=None, metavar="max|N",

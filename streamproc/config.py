@@ -159,9 +159,7 @@ class Settings:
     rules: dict[str, RuleTable] = field(
         default_factory=lambda: {n: RuleTable(cls()) for n, cls in RULE_PARAMS.items()}
     )
-    thresholds: dict[str, ThresholdParams] = field(
-        default_factory=lambda: dict(DEFAULT_THRESHOLDS)
-    )
+    thresholds: dict[str, ThresholdParams] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     def threshold_for(self, kind: str, metric: str) -> ThresholdParams:
         return self.thresholds.get(f"{kind}.{metric}", _NO_THRESHOLD)
@@ -293,7 +291,7 @@ def _rule_table(name: str, raw: Any) -> RuleTable:
     base = _build(cls, raw, f"rules.{name}")
     if not isinstance(overrides_raw, dict):
         raise ConfigError(f"rules.{name}.overrides", "must be a table")
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for scope, sub in overrides_raw.items():
         # a kind.metric override starts from the kind override when there is one
         start = overrides.get(scope.split(".")[0], base) if "." in scope else base

@@ -67,10 +67,11 @@ def alert_printer(stream: TextIO | None = None) -> Callable[[list[Alert]], None]
 def print_summary(pipeline: Pipeline, elapsed_s: float, stream: TextIO | None = None) -> None:
     s = pipeline.summary()
     readings = int(s["readings"])  # type: ignore[call-overload]
+    rate = readings / max(elapsed_s, 1e-9)
     lines = [
         f"readings processed  {readings:,}",
         f"channels            {s['channels']:,}",
-        f"elapsed             {elapsed_s:.2f} s ({readings / max(elapsed_s, 1e-9):,.0f} readings/s)",
+        f"elapsed             {elapsed_s:.2f} s ({rate:,.0f} readings/s)",
         f"alerts opened       {_fmt(s['alerts_opened'])}",
         f"alerts open at end  {s['alerts_open_now']}",
         f"messages            {_fmt(s['messages'])}",

@@ -53,7 +53,7 @@ class Counters:
 
 
 class RateLimitedLog:
-    """At most ``burst`` warnings per key per ``period_s``; then one line says how many were held."""
+    """At most ``burst`` warnings per key per ``period_s``, then one line with how many more."""
 
     def __init__(self, logger: logging.Logger, burst: int = 5, period_s: float = 60.0):
         self.logger = logger

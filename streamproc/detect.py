@@ -54,6 +54,7 @@ class IntervalClosed:
 
 Output = Events | IntervalClosed
 
+
 # name -> (dtype, trailing shape, fill); every array's first axis is the channel
 # (the two-slot aggregates are stored [channel, 2] for locality)
 def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
@@ -134,7 +135,7 @@ class Detector:
         self.next_tick = NEVER  # next dropout sweep
         self.open_k: int | None = None  # oldest snapshot interval not yet written
         self.counts = np.zeros(2, np.int64)
-        self.ev = {
+        self.ev: dict[str, np.ndarray] = {
             "ch": np.empty(EVENT_CAPACITY, np.int32),
             "rule": np.empty(EVENT_CAPACITY, np.int8),
             "kind": np.empty(EVENT_CAPACITY, np.int8),
@@ -172,7 +173,7 @@ class Detector:
         if cap == self.capacity:
             return
         for name, (dtype, shape, fill) in self.spec.items():
-            new = np.full((cap, *shape), fill, dtype)
+            new: np.ndarray = np.full((cap, *shape), fill, dtype)
             old = self.state.get(name)
             if old is not None:
                 new[: len(old)] = old
@@ -259,14 +260,8 @@ class Detector:
     def _drain(self, ne: int, outputs: list[Output]) -> None:
         if ne == 0:
             return
-        ev = self.ev
-        outputs.append(
-            Events(
-                ev["ch"][:ne].copy(), ev["rule"][:ne].copy(), ev["kind"][:ne].copy(),
-                ev["ts"][:ne].copy(), ev["opened"][:ne].copy(), ev["peak"][:ne].copy(),
-                ev["score"][:ne].copy(), ev["sev"][:ne].copy(),
-            )  # fmt: skip
-        )
+        ev = self.ev  # columns in the order of Events' fields
+        outputs.append(Events(*(column[:ne].copy() for column in ev.values())))
 
     def _fire_timers(self, wm: int, outputs: list[Output]) -> None:
         """Everything due at watermark ``wm``: snapshot closes, then the latest dropout tick."""
@@ -320,7 +315,7 @@ class Detector:
             open_alerts=(s["st"][rows] == ST_OPEN).sum(axis=1).astype(np.int16),
         )
         for name in _AGG:
-            dtype, _, fill = self.spec[name]
+            fill = self.spec[name][2]
             s[name][rows, sl] = fill
         return IntervalClosed(k * self.interval_ms, (k + 1) * self.interval_ms, out)
 

@@ -60,6 +60,7 @@ class Registry:
         self.device_names = Names()
         self.devices: dict[str, Device] = {}
         self.profiles = Names()  # "kind.metric"
+        # the decoder reads this dict directly on its hot path: never rebind it
         self.index: dict[tuple[str, str], int] = {}
         self.n = 0
         cap = 1024

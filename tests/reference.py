@@ -4,6 +4,7 @@ each rule written out from its definition. ``test_kernels`` checks the numba ban
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -144,7 +145,13 @@ class Reference:
                 continue
             gap = now - ch.last_ts
             if gap > p.factor * ch.ival and gap >= p.min_gap_s * 1000:
-                a.state, a.opened, a.sev, a.score, a.peak = "open", now, SEV_WARNING, 0.75, gap / 1e3
+                a.state, a.opened, a.sev, a.score, a.peak = (
+                    "open",
+                    now,
+                    SEV_WARNING,
+                    0.75,
+                    gap / 1e3,
+                )
                 self.events.append((c, R_DROPOUT, EV_OPEN, now, now, gap / 1e3, 0.75, SEV_WARNING))
 
     def close(self, k: int) -> None:
@@ -169,7 +176,10 @@ class Reference:
             if self.open_k is None:
                 self.open_k = t // self.interval
                 self.next_tick = (t // self.tick + 1) * self.tick
-            if self.next_tick <= self.wm or (self.open_k + 1) * self.interval + self.grace <= self.wm:
+            if (
+                self.next_tick <= self.wm
+                or (self.open_k + 1) * self.interval + self.grace <= self.wm
+            ):
                 self.fire(self.wm)
             self.scores.append(self.reading(c, t, x))
 
@@ -185,7 +195,9 @@ class Reference:
             a = ch.alerts[R_DROPOUT]
             if a.state == "open":
                 a.state = "idle"
-                self.events.append((c, R_DROPOUT, EV_RESOLVE, t, a.opened, dt / 1e3, a.score, a.sev))
+                self.events.append(
+                    (c, R_DROPOUT, EV_RESOLVE, t, a.opened, dt / 1e3, a.score, a.sev)
+                )
             ch.ival = dt if ch.ival <= 0 else ch.ival + 0.1 * (min(dt, 3 * ch.ival) - ch.ival)
         ch.last_ts = t
         if math.isnan(x):
@@ -199,8 +211,10 @@ class Reference:
             lo = not math.isnan(th.below) and x <= th.below
             clear_below = th.above if math.isnan(th.clear_below) else th.clear_below
             clear_above = th.below if math.isnan(th.clear_above) else th.clear_above
-            hold = (hi or lo) or (not math.isnan(th.above) and x >= clear_below) or (
-                not math.isnan(th.below) and x <= clear_above
+            hold = (
+                (hi or lo)
+                or (not math.isnan(th.above) and x >= clear_below)
+                or (not math.isnan(th.below) and x <= clear_above)
             )
             crit = (x >= th.critical_above) or (x <= th.critical_below)  # NaN compares False
             sc = 0.0
@@ -215,7 +229,7 @@ class Reference:
         z = self.s.rules["zscore"].for_channel(kind, metric)
         w = list(ch.window)
         if z.enabled and len(w) >= z.min_readings:
-            changes = [b - a for a, b in zip(w, w[1:], strict=False)]
+            changes = [b - a for a, b in itertools.pairwise(w)]
             n = len(changes)
             mean = sum(changes) / n
             var = sum(v * v for v in changes) / n - mean * mean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -31,7 +32,12 @@ SETTINGS = from_dict(
             "dropout": {"factor": 3, "min_gap_s": 40},
         },
         "thresholds": {
-            "air.pm25": {"above": 40, "clear_below": 30, "critical_above": 80, "min_duration_s": 10},
+            "air.pm25": {
+                "above": 40,
+                "clear_below": 30,
+                "critical_above": 80,
+                "min_duration_s": 10,
+            },
             "pipe.pressure": {"below": -40, "clear_above": -30, "critical_below": -80},
         },
     }
@@ -79,7 +85,7 @@ def run(det: Detector, batch: Batch, cuts: list[int]) -> tuple[list, list, np.nd
     events, closes, scores = [], [], []
     bounds = [0, *sorted(set(cuts)), len(batch)]
     outputs = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         out, sc = det.process(batch.slice(a, b))
         outputs += out
         scores.append(sc)
@@ -156,7 +162,7 @@ def test_scores_are_within_unit_interval_on_random_floats():
 
 
 def test_spike_opens_and_resolves_one_alert():
-    det, reg, _ = make(1)
+    det = make(1)[0]
     n = 60
     ts = T0 + np.arange(n, dtype=np.int64) * 5_000
     v = np.tile([10.0, 11.0, 9.0, 10.5], n // 4)

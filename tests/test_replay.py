@@ -37,8 +37,10 @@ def test_alerts_identical_whatever_the_batch_size(city: Path, tmp_path: Path) ->
     assert len(runs[0]) > 10  # the feed has injected anomalies: alerts must come out
     assert {a["rule"] for a in runs[0]} >= {"zscore", "flatline", "dropout"}
     assert runs[0] == runs[1] == runs[2]
-    files = [sorted(p.relative_to(tmp_path / f"b{s}") for p in (tmp_path / f"b{s}").rglob("*.parquet"))
-             for s in (1, 97, 10_000)]  # fmt: skip
+    files = [
+        sorted(p.relative_to(tmp_path / f"b{s}") for p in (tmp_path / f"b{s}").rglob("*.parquet"))
+        for s in (1, 97, 10_000)
+    ]
     assert files[0] == files[1] == files[2]
 
 
@@ -92,13 +94,15 @@ def test_duckdb_reads_the_snapshots_as_one_table(tmp_path: Path) -> None:
     assert len(per_channel) == channels and {c for _, c in per_channel} == {12}
 
 
-def test_malformed_lines_are_counted_not_fatal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_malformed_lines_are_counted_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     log = tmp_path / "feed.log"
     lines = [f"{(T0 + i * 60_000) / 1000:.3f} city/d1/air/st1 {{\"pm25\": {20 + i % 3}}}"
              for i in range(30)]  # fmt: skip
     lines[5] = "not a line at all"
     lines[9] = f"{T0 / 1000 + 540:.3f} city/d1/air/st1 {{broken json"
-    lines[12] = f"{T0 / 1000 + 720:.3f} no/pattern/here {{\"pm25\": 1}}"
+    lines[12] = f'{T0 / 1000 + 720:.3f} no/pattern/here {{"pm25": 1}}'
     log.write_text("\n".join(lines) + "\n")
     replay(log, tmp_path / "out")
     out = capsys.readouterr().out

@@ -20,9 +20,8 @@ Every loop is O(1) per reading except the exact re-sum of the ring every ``windo
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from streamproc.kernels import JIT
+from streamproc.kernels import kernel
 from streamproc.kernels.rules import (
     EV_OPEN,
     EV_RESOLVE,
@@ -77,7 +76,7 @@ FLATLINE_SCORE = 0.75
 DROPOUT_SCORE = 0.75
 
 
-@njit(**JIT)
+@kernel
 def _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
           c, r, kind, t, opened, peak, score, sev):  # fmt: skip
     ev_ch[ne] = c
@@ -91,10 +90,11 @@ def _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, 
     return ne + 1
 
 
-@njit(**JIT)
+@kernel
 def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
                st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
-               ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne):  # fmt: skip
+               ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+               ne):  # fmt: skip
     """Advance the alert of (c, r) by one reading; returns the new event count.
 
     ``trig``: the open condition holds; ``hold``: the alert must stay open (trig implies hold).
@@ -150,13 +150,13 @@ def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
                  a_sev[c, r])  # fmt: skip
 
 
-@njit(**JIT)
+@kernel
 def _ratio_score(q):
     """Map q >= 0 (1 = at the limit) to [0, 1): 0.5 at the limit, rising towards 1."""
     return q * q / (1.0 + q * q)
 
 
-@njit(**JIT)
+@kernel
 def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      prof, prm, g,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0,
@@ -318,10 +318,11 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
     return stop, ne
 
 
-@njit(**JIT)
+@kernel
 def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
                   st, a_sev, a_score, a_opened, a_peak,
-                  ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev):  # fmt: skip
+                  ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score,
+                  ev_sev):  # fmt: skip
     """Open a dropout alert for every channel silent for ``factor`` x its interval (and at
     least ``min_gap``) at event time ``now_ms``. Returns (next channel, events written)."""
     cap = ev_ch.shape[0]
@@ -348,7 +349,7 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
     return n_channels, ne
 
 
-@njit(**JIT)
+@kernel
 def advance_watermark(ts, wm, max_future_ms, accept, wm_after):
     """Accept readings no more than ``max_future_ms`` ahead of the watermark (the largest
     accepted event time; the first reading sets it). ``wm_after[i]``: watermark after i."""

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -65,6 +66,29 @@ ALERT_SCHEMA = pa.schema(
         pa.field("message", pa.string(), nullable=False),
     ]
 )
+
+
+class ChannelColumns(Protocol):
+    """What ``SnapshotWriter`` reads: ``ChannelRows`` here or ``detect.ChannelRows``."""
+
+    @property
+    def channel(self) -> np.ndarray: ...
+    @property
+    def count(self) -> np.ndarray: ...
+    @property
+    def min(self) -> np.ndarray: ...
+    @property
+    def max(self) -> np.ndarray: ...
+    @property
+    def mean(self) -> np.ndarray: ...
+    @property
+    def last(self) -> np.ndarray: ...
+    @property
+    def last_ts_ms(self) -> np.ndarray: ...
+    @property
+    def max_score(self) -> np.ndarray: ...
+    @property
+    def open_alerts(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -169,7 +193,7 @@ class SnapshotWriter:
         self._group = _NameArray(registry.groups)
 
     def table(
-        self, start_ms: int, end_ms: int, rows: ChannelRows, sel: np.ndarray | None = None
+        self, start_ms: int, end_ms: int, rows: ChannelColumns, sel: np.ndarray | None = None
     ) -> pa.Table:
         """Rows (or rows ``sel`` of them) as a table with ``SNAPSHOT_SCHEMA``."""
         reg = self.registry
@@ -200,9 +224,9 @@ class SnapshotWriter:
         ]
         return pa.Table.from_arrays(cols, schema=SNAPSHOT_SCHEMA)
 
-    def write_interval(self, start_ms: int, end_ms: int, rows: ChannelRows) -> list[Path]:
+    def write_interval(self, start_ms: int, end_ms: int, rows: ChannelColumns) -> list[Path]:
         """Write the interval's rows, one file per kind that has rows; returns the paths."""
-        if len(rows) == 0:
+        if len(rows.channel) == 0:
             return []
         kinds = self.registry.ch_kind[np.asarray(rows.channel, np.int64)]
         unique = np.unique(kinds)
