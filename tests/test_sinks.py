@@ -16,6 +16,7 @@ import pytest
 
 from streamproc.alerts import Alert
 from streamproc.config import ChannelSettings
+from streamproc.detect import ChannelRows
 from streamproc.registry import Registry
 from streamproc.sinks import parquet as sink_parquet
 from streamproc.sinks.jsonl import AlertLog
@@ -23,7 +24,6 @@ from streamproc.sinks.parquet import (
     ALERT_SCHEMA,
     SNAPSHOT_SCHEMA,
     AlertParquetWriter,
-    ChannelRows,
     SnapshotWriter,
 )
 

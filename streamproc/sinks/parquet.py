@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -27,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamproc.alerts import Alert
+from streamproc.detect import ChannelRows
 from streamproc.registry import Names, Registry
 from streamproc.sinks.jsonl import FILE_MODE, make_dirs
 
@@ -66,47 +65,6 @@ ALERT_SCHEMA = pa.schema(
         pa.field("message", pa.string(), nullable=False),
     ]
 )
-
-
-class ChannelColumns(Protocol):
-    """What ``SnapshotWriter`` reads: ``ChannelRows`` here or ``detect.ChannelRows``."""
-
-    @property
-    def channel(self) -> np.ndarray: ...
-    @property
-    def count(self) -> np.ndarray: ...
-    @property
-    def min(self) -> np.ndarray: ...
-    @property
-    def max(self) -> np.ndarray: ...
-    @property
-    def mean(self) -> np.ndarray: ...
-    @property
-    def last(self) -> np.ndarray: ...
-    @property
-    def last_ts_ms(self) -> np.ndarray: ...
-    @property
-    def max_score(self) -> np.ndarray: ...
-    @property
-    def open_alerts(self) -> np.ndarray: ...
-
-
-@dataclass
-class ChannelRows:
-    """One row per channel that had readings in the interval (numpy columns)."""
-
-    channel: np.ndarray  # int32 channel index
-    count: np.ndarray  # int32
-    min: np.ndarray  # float64
-    max: np.ndarray  # float64
-    mean: np.ndarray  # float64
-    last: np.ndarray  # float64
-    last_ts_ms: np.ndarray  # int64
-    max_score: np.ndarray  # float32
-    open_alerts: np.ndarray  # int16
-
-    def __len__(self) -> int:
-        return len(self.channel)
 
 
 def partition_path(out_dir: Path, table: str, kind: str, start_ms: int) -> Path:
@@ -193,7 +151,7 @@ class SnapshotWriter:
         self._group = _NameArray(registry.groups)
 
     def table(
-        self, start_ms: int, end_ms: int, rows: ChannelColumns, sel: np.ndarray | None = None
+        self, start_ms: int, end_ms: int, rows: ChannelRows, sel: np.ndarray | None = None
     ) -> pa.Table:
         """Rows (or rows ``sel`` of them) as a table with ``SNAPSHOT_SCHEMA``."""
         reg = self.registry
@@ -224,7 +182,7 @@ class SnapshotWriter:
         ]
         return pa.Table.from_arrays(cols, schema=SNAPSHOT_SCHEMA)
 
-    def write_interval(self, start_ms: int, end_ms: int, rows: ChannelColumns) -> list[Path]:
+    def write_interval(self, start_ms: int, end_ms: int, rows: ChannelRows) -> list[Path]:
         """Write the interval's rows, one file per kind that has rows; returns the paths."""
         if len(rows.channel) == 0:
             return []
