@@ -136,6 +136,13 @@ DEFAULT_THRESHOLDS: dict[str, ThresholdParams] = {
 }
 
 
+# Vehicle counts are quiet at night and noisy at rush hour (roughly Poisson): the morning
+# ramp moves more, against a window of quiet night-time changes, than a steady series would.
+DEFAULT_RULE_OVERRIDES: dict[str, dict[str, object]] = {
+    "zscore": {"traffic.flow": ZScoreParams(z_open=8.0)},
+}
+
+
 @dataclass(frozen=True)
 class RuleTable:
     """Parameters of one rule: a base set and overrides per ``kind`` or ``kind.metric``."""
@@ -156,9 +163,7 @@ class Settings:
     alerts: AlertSettings = AlertSettings()
     snapshots: SnapshotSettings = SnapshotSettings()
     output: OutputSettings = OutputSettings()
-    rules: dict[str, RuleTable] = field(
-        default_factory=lambda: {n: RuleTable(cls()) for n, cls in RULE_PARAMS.items()}
-    )
+    rules: dict[str, RuleTable] = field(default_factory=lambda: default_rules())
     thresholds: dict[str, ThresholdParams] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     def threshold_for(self, kind: str, metric: str) -> ThresholdParams:
@@ -166,6 +171,13 @@ class Settings:
 
 
 _NO_THRESHOLD = ThresholdParams()
+
+
+def default_rules() -> dict[str, RuleTable]:
+    return {
+        name: RuleTable(cls(), dict(DEFAULT_RULE_OVERRIDES.get(name, {})))
+        for name, cls in RULE_PARAMS.items()
+    }
 
 _SECTIONS: dict[str, type] = {
     "input": InputSettings,
@@ -291,7 +303,7 @@ def _rule_table(name: str, raw: Any) -> RuleTable:
     base = _build(cls, raw, f"rules.{name}")
     if not isinstance(overrides_raw, dict):
         raise ConfigError(f"rules.{name}.overrides", "must be a table")
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(DEFAULT_RULE_OVERRIDES.get(name, {}))
     for scope, sub in overrides_raw.items():
         # a kind.metric override starts from the kind override when there is one
         start = overrides.get(scope.split(".")[0], base) if "." in scope else base
@@ -308,7 +320,7 @@ def from_dict(doc: dict[str, Any]) -> Settings:
         elif key == "rules":
             if not isinstance(raw, dict):
                 raise ConfigError("rules", "must be a table")
-            rules = Settings().rules
+            rules = default_rules()
             for name, sub in raw.items():
                 if name not in RULE_PARAMS:
                     known = ", ".join(RULE_PARAMS)

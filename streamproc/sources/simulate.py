@@ -476,7 +476,7 @@ def _feed(sims: list[_KindSim], district_names: list[str], rng: np.random.Genera
         pos = np.flatnonzero(sim.keep.ravel())
         ev = sim.t_ms.ravel()[pos]
         arr = ev + rng.integers(LATENCY_MS[0], LATENCY_MS[1] + 1, len(pos))
-        srt = np.argsort(arr, kind="stable")  # sort each kind first: the merge below is cheap
+        srt = np.argsort(arr, kind="stable")  # per kind first: the take below reads in order
         pos, ev = pos[srt], ev[srt]
         arrival.append(arr[srt])
         gdev.append((pos % sim.n_dev + sim.first_gdev).astype(np.int32))
