@@ -138,8 +138,9 @@ DEFAULT_THRESHOLDS: dict[str, ThresholdParams] = {
 
 # Vehicle counts are quiet at night and noisy at rush hour (roughly Poisson): the morning
 # ramp moves more, against a window of quiet night-time changes, than a steady series would.
-DEFAULT_RULE_OVERRIDES: dict[str, dict[str, object]] = {
-    "zscore": {"traffic.flow": ZScoreParams(z_open=8.0)},
+# Applied under any [rules.NAME.overrides] of a file, key by key.
+DEFAULT_RULE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "zscore": {"traffic.flow": {"z_open": 8.0}},
 }
 
 
@@ -174,10 +175,8 @@ _NO_THRESHOLD = ThresholdParams()
 
 
 def default_rules() -> dict[str, RuleTable]:
-    return {
-        name: RuleTable(cls(), dict(DEFAULT_RULE_OVERRIDES.get(name, {})))
-        for name, cls in RULE_PARAMS.items()
-    }
+    return {name: _rule_table(name, {}) for name in RULE_PARAMS}
+
 
 _SECTIONS: dict[str, type] = {
     "input": InputSettings,
@@ -303,8 +302,12 @@ def _rule_table(name: str, raw: Any) -> RuleTable:
     base = _build(cls, raw, f"rules.{name}")
     if not isinstance(overrides_raw, dict):
         raise ConfigError(f"rules.{name}.overrides", "must be a table")
-    overrides: dict[str, Any] = dict(DEFAULT_RULE_OVERRIDES.get(name, {}))
+    merged = {k: dict(v) for k, v in DEFAULT_RULE_OVERRIDES.get(name, {}).items()}
     for scope, sub in overrides_raw.items():
+        merged[scope] = {**merged.get(scope, {}), **sub} if isinstance(sub, dict) else sub
+    overrides: dict[str, Any] = {}
+    for scope in sorted(merged, key=lambda s: "." in s):  # kinds before kind.metric
+        sub = merged[scope]
         # a kind.metric override starts from the kind override when there is one
         start = overrides.get(scope.split(".")[0], base) if "." in scope else base
         overrides[scope] = _build(cls, sub, f"rules.{name}.overrides.{scope}", start)

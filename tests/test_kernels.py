@@ -27,7 +27,13 @@ SETTINGS = from_dict(
         "snapshots": {"interval_s": 60, "grace_s": 10},
         "alerts": {"hold_s": 20, "flap_window_s": 300, "flap_max": 2, "flap_hold_s": 120},
         "rules": {
-            "zscore": {"z_open": 3, "z_close": 1.5, "z_critical": 6, "min_readings": 4},
+            "zscore": {
+                "z_open": 3,
+                "z_close": 1.5,
+                "z_critical": 6,
+                "min_readings": 4,
+                "overrides": {"traffic.flow": {"z_open": 3}},
+            },
             "flatline": {"min_readings": 3, "min_duration_s": 15},
             "dropout": {"factor": 3, "min_gap_s": 40},
         },
@@ -172,3 +178,30 @@ def test_spike_opens_and_resolves_one_alert():
     # zscore opens at the spike; the fall back is still a jump (held open); clear from
     # reading 32 on, it resolves after hold_s = 20 s, at reading 36
     assert kinds == [(1, 1, ts[30]), (1, 3, ts[36])]
+
+
+def test_flapping_threshold_becomes_one_long_alert():
+    """pm25 alternates 60 s above the limit, 30 s clear (longer than hold_s = 20 s)."""
+    det = make(1)[0]
+    ts = T0 + np.arange(0, 3_600_000, 5_000, dtype=np.int64)
+    phase = (ts - T0) % 90_000
+    v = np.where(phase < 60_000, 50.0, 20.0)
+    events = run(det, Batch(np.zeros(len(ts), np.int32), ts, v), [])[0]
+    opens = [e for e in events if e[1] == 0 and e[2] == 1]
+    resolves = [e for e in events if e[1] == 0 and e[2] == 3]
+    # without flapping suppression: 40 opens; with flap_max = 2 within flap_window_s,
+    # the second alert needs flap_hold_s = 120 s of clear readings and never gets them
+    assert len(opens) == 2 and len(resolves) == 1
+
+
+def test_threshold_hysteresis_and_minimum_duration():
+    det = make(1)[0]
+    ts = T0 + np.arange(12, dtype=np.int64) * 5_000
+    #            breach for 5 s only (< 10 s)   breach 10 s   between clear and limit  clear
+    v = np.array([50, 20, 20, 50, 50, 50, 35, 35, 35, 35, 25, 25], float)
+    events = run(det, Batch(np.zeros(len(ts), np.int32), ts, v), [])[0]
+    th = [(e[2], e[3]) for e in events if e[1] == 0]
+    # opens once the breach has lasted 10 s (reading 5); 35 is below the limit but above
+    # clear_below = 30, so it stays open; clear from reading 10, resolves 20 s later... after
+    # the data ends, so only the open is seen
+    assert th == [(1, ts[5])]
