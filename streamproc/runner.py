@@ -15,7 +15,10 @@ from streamproc.pipeline import Pipeline
 from streamproc.sources.replay import MessageChunk, TidyChunk, read_feed
 from streamproc.topics import valid_id
 
+BAD_ID = -100  # a pair whose ids fail topics.valid_id
+# an unconfigured kind in a feed row counts like one in a payload (as the decoder does)
 _REFUSALS = {
+    BAD_ID: C.INVALID_ID,
     R.UNKNOWN_KIND: C.INVALID_ID,
     R.CAPACITY: C.CAPACITY,
     R.UNKNOWN_DEVICE: C.UNKNOWN_DEVICE,
@@ -52,7 +55,7 @@ def tidy_batch(pipeline: Pipeline, chunk: TidyChunk) -> Batch:
     for i, (device, metric, kind, group) in enumerate(chunk.pairs):
         kind, group = kind or default_kind, group or "default"
         if not (valid_id(device) and valid_id(metric) and valid_id(kind) and valid_id(group)):
-            codes[i] = R.UNKNOWN_KIND
+            codes[i] = BAD_ID
             continue
         codes[i] = reg.channel(device, metric, kind, group)
     idx = codes[chunk.pair_code]
