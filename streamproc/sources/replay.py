@@ -20,7 +20,7 @@ import csv
 import errno
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -542,6 +542,15 @@ def _lines(f: BinaryIO, block: int = 4 << 20) -> Iterator[tuple[int, bytes, int]
         yield lineno + 1, rest, offset + len(rest)
 
 
+def _line_reporter(path: Path, counters: Counters) -> Callable[[int, str], None]:
+    """Counts a malformed line of a text feed, naming the file and line."""
+
+    def bad(lineno: int, reason: str) -> None:
+        counters.message(MALFORMED, f"{path.name}:{lineno}: {reason}")
+
+    return bad
+
+
 def _log_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[Chunk]:
     raw: list[float] = []  # epoch s or ms as written
     exact: list[tuple[int, int]] = []  # (row, ms) for RFC 3339 times
@@ -557,8 +566,7 @@ def _log_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[Chu
             x.clear()
         return out
 
-    def bad(lineno: int, reason: str) -> None:
-        counters.message(MALFORMED, f"{path.name}:{lineno}: {reason}")
+    bad = _line_reporter(path, counters)
 
     position = 0
     with open(path, "rb") as f:
@@ -626,8 +634,7 @@ def _jsonl_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[C
         seen.update(kind=False, group=False)
         return out
 
-    def bad(lineno: int, reason: str) -> None:
-        counters.message(MALFORMED, f"{path.name}:{lineno}: {reason}")
+    bad = _line_reporter(path, counters)
 
     position = 0
     with open(path, "rb") as f:
