@@ -1,8 +1,9 @@
-"""Command line: ``streamproc demo | replay | simulate | check-config``."""
+"""Command line: ``streamproc run | record | demo | replay | simulate | check-config``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import logging
 import shutil
@@ -12,7 +13,13 @@ import time
 from pathlib import Path
 
 from streamproc import __version__
-from streamproc.config import ConfigError, Settings, load
+from streamproc.config import (
+    ConfigError,
+    Settings,
+    load,
+    parse_broker_url,
+    parse_host_port,
+)
 from streamproc.console import Progress, alert_printer, print_summary
 from streamproc.detect import warm_up
 from streamproc.pipeline import Pipeline
@@ -32,6 +39,61 @@ def _settings(path: str | None, batch_size: int | None = None) -> Settings:
             raise ConfigError("--batch-size", "must be >= 1")
         s = dataclasses.replace(s, batch=dataclasses.replace(s.batch, max_readings=batch_size))
     return s
+
+
+def _live_settings(args: argparse.Namespace) -> Settings:
+    """The config file with the command line's overrides; ConfigError names the option."""
+    s = load(args.config)
+    m = s.mqtt
+    changes: dict[str, object] = {}
+    if args.broker is not None:
+        try:
+            parse_broker_url(args.broker)
+        except ValueError as exc:
+            raise ConfigError("--broker", str(exc)) from None
+        changes["broker"] = args.broker
+    if args.topic:
+        changes["topics"] = tuple(args.topic)
+    if args.qos is not None:
+        changes["qos"] = args.qos
+    if args.client_id is not None:
+        changes["client_id"] = args.client_id
+    s = dataclasses.replace(s, mqtt=dataclasses.replace(m, **changes))  # type: ignore[arg-type]
+    if getattr(args, "out", None) is not None:
+        s = dataclasses.replace(s, output=dataclasses.replace(s.output, dir=args.out))
+    if getattr(args, "metrics", None) is not None:
+        if args.metrics:
+            try:
+                parse_host_port(args.metrics)
+            except ValueError as exc:
+                raise ConfigError("--metrics", str(exc)) from None
+        s = dataclasses.replace(s, metrics=dataclasses.replace(s.metrics, listen=args.metrics))
+    return s
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamproc.daemon import Daemon
+
+    settings = _live_settings(args)
+    daemon = Daemon(settings, lambda: _live_settings(args))
+    try:
+        return asyncio.run(daemon.run())
+    except OSError as exc:  # e.g. the metrics port is taken
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from streamproc.recorder import record, record_settings
+
+    settings = record_settings(_live_settings(args), args.client_id)
+    feed = Path(args.feed)
+    if feed.suffix != ".parquet":
+        raise SystemExit("error: -o must name a .parquet file")
+    if feed.exists() and not args.force:
+        raise SystemExit(f"error: {feed} exists; use --force to replace it")
+    asyncio.run(record(settings, feed))
+    return 0
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -89,10 +151,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         duration = sim.parse_duration(args.duration)
     except ValueError as exc:
         raise SystemExit(f"error: --duration: {exc}") from None
+    if args.out is None and args.publish is None:
+        raise SystemExit("error: give -o FOLDER, --publish URL, or both")
     cfg = sim.SimConfig(channels=args.channels, duration_s=duration, seed=args.seed)
-    start = time.monotonic()
-    feed, labels = sim.write(cfg, Path(args.out))
-    print(f"wrote {feed} and {labels} in {time.monotonic() - start:.1f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.monotonic()
+        feed, labels = sim.write(cfg, Path(args.out or tmp))
+        if args.out:
+            print(f"wrote {feed} and {labels} in {time.monotonic() - start:.1f} s")
+        if args.publish:
+            return _publish(args, feed)
+    return 0
+
+
+def _publish(args: argparse.Namespace, feed: Path) -> int:
+    import pyarrow.parquet as pq
+
+    from streamproc.publisher import publish
+
+    args.broker, args.topic = args.publish, None
+    settings = _live_settings(args)
+    if args.client_id is None:  # a publisher needs no session of its own
+        m = dataclasses.replace(settings.mqtt, client_id="", clean_session=True)
+    else:
+        m = settings.mqtt
+    messages = ((topic, payload) for _, topic, payload in sim.iter_messages(pq.read_table(feed)))
+    rate = args.rate or None
+    print(f"publishing to {args.publish} at {f'{rate:,.0f} msg/s' if rate else 'full speed'}")
+    sent = asyncio.run(publish(m, messages, rate, args.qos if args.qos is not None else 1))
+    print(f"published {sent:,} messages")
     return 0
 
 
@@ -166,8 +253,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels", type=int, default=10_000)
     s.add_argument("--duration", default="1d", help="e.g. 1d, 6h, 90m")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("-o", "--out", required=True, help="folder for feed.parquet and labels.csv")
+    s.add_argument("-o", "--out", help="folder for feed.parquet and labels.csv")
+    s.add_argument("--publish", metavar="URL", help="publish the feed to mqtt[s]://host:port")
+    s.add_argument("--rate", type=float, default=1000.0,
+                   help="messages per second with --publish (0: as fast as possible)")  # fmt: skip
+    s.add_argument("--qos", type=int, choices=(0, 1), default=None, help="QoS (default 1)")
+    s.add_argument("--client-id", default=None, help="MQTT client id (default: random)")
+    s.add_argument("-c", "--config", help="TOML configuration file (its [mqtt] TLS settings)")
     s.set_defaults(func=cmd_simulate)
+
+    live = argparse.ArgumentParser(add_help=False)
+    live.add_argument("-c", "--config", help="TOML configuration file")
+    live.add_argument("--broker", metavar="URL", help="mqtt://[user@]host:port or mqtts://...")
+    live.add_argument("--topic", action="append", metavar="FILTER",
+                      help="subscription filter (repeatable)")  # fmt: skip
+    live.add_argument("--qos", type=int, choices=(0, 1), default=None)
+    live.add_argument("--client-id", default=None)
+
+    d = sub.add_parser("run", parents=[live], help="the live daemon: MQTT in, alerts out")
+    d.add_argument("--out", default=None, help="output folder (config: output.dir)")
+    d.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="/metrics and /healthz address ('' turns it off)")  # fmt: skip
+    d.set_defaults(func=cmd_run)
+
+    rec = sub.add_parser("record", parents=[live], help="record live MQTT traffic to a feed")
+    rec.add_argument("-o", dest="feed", required=True, help="the .parquet feed to write")
+    rec.add_argument("--force", action="store_true", help="replace an existing feed")
+    rec.set_defaults(func=cmd_record)
 
     c = sub.add_parser("check-config", help="validate a configuration file")
     c.add_argument("file")
@@ -182,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        logging.getLogger("gmqtt").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -12,9 +12,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from streamproc.times import parse_rfc3339_ms
-from streamproc.topics import TopicPattern
+from streamproc.topics import TopicPattern, valid_id
 
 RULE_NAMES = ("threshold", "zscore", "flatline", "dropout")
 
@@ -77,6 +78,41 @@ class SnapshotSettings:
 @dataclass(frozen=True)
 class OutputSettings:
     dir: str = "out"
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """The live daemon's broker connection (``streamproc run`` and ``record``)."""
+
+    broker: str = "mqtt://127.0.0.1:1883"  # mqtt://[user@]host:port, or mqtts:// for TLS
+    topics: tuple[str, ...] = ()  # subscription filters; empty: derived from input.patterns
+    qos: int = 1
+    client_id: str = "streamproc"
+    clean_session: bool = False
+    session_expiry_s: int = 604_800  # MQTT 5: how long the broker keeps the session
+    protocol: str = "5"  # "5" or "3.1.1"
+    keepalive_s: int = 60
+    username: str = ""
+    password_file: str = ""  # else the STREAMPROC_MQTT_PASSWORD environment variable
+    ca_file: str = ""  # mqtts: CA bundle to verify the broker (empty: the system's)
+    cert_file: str = ""  # mqtts: client certificate (PEM), optional
+    key_file: str = ""
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    publish_alerts: bool = True
+    alert_prefix: str = "streamproc"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = "127.0.0.1:9108"  # /metrics and /healthz; "" turns the endpoint off
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    enabled: bool = True
+    path: str = ""  # empty: {output.dir}/state/checkpoint.npz
+    interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +200,9 @@ class Settings:
     alerts: AlertSettings = AlertSettings()
     snapshots: SnapshotSettings = SnapshotSettings()
     output: OutputSettings = OutputSettings()
+    mqtt: MqttSettings = MqttSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
     rules: dict[str, RuleTable] = field(default_factory=lambda: default_rules())
     thresholds: dict[str, ThresholdParams] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
@@ -186,6 +225,9 @@ _SECTIONS: dict[str, type] = {
     "alerts": AlertSettings,
     "snapshots": SnapshotSettings,
     "output": OutputSettings,
+    "mqtt": MqttSettings,
+    "metrics": MetricsSettings,
+    "checkpoint": CheckpointSettings,
 }
 
 
@@ -265,6 +307,13 @@ def _validate(s: Settings) -> None:
     _check_positive("snapshots.interval_s", s.snapshots.interval_s)
     if not 0 <= s.snapshots.grace_s < s.snapshots.interval_s:
         raise ConfigError("snapshots.grace_s", "must be >= 0 and < snapshots.interval_s")
+    _validate_mqtt(s.mqtt)
+    if s.metrics.listen:
+        try:
+            parse_host_port(s.metrics.listen)
+        except ValueError as exc:
+            raise ConfigError("metrics.listen", str(exc)) from None
+    _check_positive("checkpoint.interval_s", s.checkpoint.interval_s)
     for name, table in s.rules.items():
         for scope, p in [("", table.base), *table.overrides.items()]:
             key = f"rules.{name}" + (f".overrides.{scope}" if scope else "")
@@ -291,6 +340,76 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{key}.clear_below", "must be <= above")
         if t.below == t.below and t.clear_above == t.clear_above and t.clear_above < t.below:
             raise ConfigError(f"{key}.clear_above", "must be >= below")
+
+
+def _validate_mqtt(m: MqttSettings) -> None:
+    try:
+        parse_broker_url(m.broker)
+    except ValueError as exc:
+        raise ConfigError("mqtt.broker", str(exc)) from None
+    for i, topic in enumerate(m.topics):
+        if (
+            not topic
+            or "#" in topic[:-1]
+            or any(("+" in seg or "#" in seg) and len(seg) > 1 for seg in topic.split("/"))
+        ):
+            raise ConfigError(f"mqtt.topics[{i}]", f"not a valid MQTT topic filter: {topic!r}")
+    if m.qos not in (0, 1):
+        raise ConfigError("mqtt.qos", f"must be 0 or 1, got {m.qos}")
+    if not m.client_id and not m.clean_session:
+        raise ConfigError("mqtt.client_id", "a persistent session needs a fixed client id")
+    if m.protocol not in ("5", "3.1.1"):
+        raise ConfigError("mqtt.protocol", f'must be "5" or "3.1.1", got {m.protocol!r}')
+    _check_positive("mqtt.keepalive_s", m.keepalive_s)
+    _check_positive("mqtt.session_expiry_s", m.session_expiry_s, strict=False)
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        path = getattr(m, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"mqtt.{key}", f"no such file: {path}")
+    if bool(m.cert_file) != bool(m.key_file):
+        raise ConfigError("mqtt.cert_file", "a client certificate needs cert_file and key_file")
+    _check_positive("mqtt.reconnect_min_s", m.reconnect_min_s)
+    if m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_max_s", "must be >= mqtt.reconnect_min_s")
+    if not all(valid_id(seg) for seg in m.alert_prefix.split("/")):
+        raise ConfigError("mqtt.alert_prefix", f"not a plain topic prefix: {m.alert_prefix!r}")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    tls: bool
+    host: str
+    port: int
+    username: str
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://[user@]host[:port]`` or ``mqtts://...``; a password in the URL is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"must start with mqtt:// or mqtts://, got {url!r}")
+    if parts.password is not None:
+        raise ValueError(
+            "a password in the broker URL is not accepted; use mqtt.password_file "
+            "or the STREAMPROC_MQTT_PASSWORD environment variable"
+        )
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"expected mqtt[s]://[user@]host[:port], got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(tls, parts.hostname, port or (8883 if tls else 1883), parts.username or "")
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return host, int(port)
 
 
 def _rule_table(name: str, raw: Any) -> RuleTable:

@@ -11,12 +11,15 @@ import logging
 import time
 from collections import Counter
 
+import numpy as np
+
 # message results
 OK = "ok"
 MALFORMED = "malformed"  # not JSON / not a number / wrong shape
 UNKNOWN = "unknown"  # topic matches no pattern, or unknown kind
 REJECTED = "rejected"  # larger than input.max_payload_bytes
 EMPTY = "empty"  # well formed but carries no reading
+ERROR = "error"  # an internal error while processing it (a bug; logged with its traceback)
 
 # reasons a decoded reading is dropped
 INVALID_VALUE = "invalid_value"  # null, bool, string, NaN or infinite
@@ -72,3 +75,28 @@ class RateLimitedLog:
         self._window[key] = (start, n)
         if n <= self.burst:
             self.logger.warning("%s: %s", key, detail[:200])
+
+
+class Histogram:
+    """Cumulative histogram of seconds, filled one value or one array at a time."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = np.asarray(bounds, np.float64)
+        self.counts = np.zeros(len(bounds) + 1, np.int64)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[int(np.searchsorted(self.bounds, value, side="left"))] += 1
+        self.sum += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if len(values):
+            where = np.searchsorted(self.bounds, values, side="left")
+            self.counts += np.bincount(where, minlength=len(self.counts))
+            self.sum += float(values.sum())
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """(upper bound, cumulative count) pairs, ending with +Inf, as Prometheus wants them."""
+        cum = np.cumsum(self.counts).tolist()
+        return [*((repr(float(b)), c) for b, c in zip(self.bounds, cum, strict=False)),
+                ("+Inf", cum[-1])]  # fmt: skip

@@ -298,6 +298,12 @@ class Detector:
 
     def _close(self, k: int) -> IntervalClosed:
         """Take interval k's aggregates out of their slot and reset it."""
+        closed = self._aggregates(k)
+        for name in _AGG:
+            self.state[name][closed.rows.channel, k & 1] = self.spec[name][2]
+        return closed
+
+    def _aggregates(self, k: int) -> IntervalClosed:
         s = self.state
         n = self.registry.n
         sl = k & 1
@@ -314,9 +320,6 @@ class Detector:
             max_score=s["agg_score"][rows, sl],
             open_alerts=(s["st"][rows] == ST_OPEN).sum(axis=1).astype(np.int16),
         )
-        for name in _AGG:
-            fill = self.spec[name][2]
-            s[name][rows, sl] = fill
         return IntervalClosed(k * self.interval_ms, (k + 1) * self.interval_ms, out)
 
     def finish(self) -> list[Output]:
@@ -331,6 +334,14 @@ class Detector:
                 out.append(closed)
         self.open_k = last_k + 1
         return out
+
+    def peek(self) -> list[IntervalClosed]:
+        """The intervals still open, as they stand, without closing them (for a shutdown
+        that will resume: the complete interval is written again when it closes)."""
+        if self.open_k is None:
+            return []
+        ks = range(self.open_k, self.wm // self.interval_ms + 1)
+        return [c for c in map(self._aggregates, ks) if len(c.rows)]
 
 
 def warm_up(settings: Settings) -> None:

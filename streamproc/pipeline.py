@@ -8,6 +8,7 @@ and hands them, with the snapshots of every closed interval, to the sinks and li
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from streamproc.alerts import Alert, AlertBook, Events
 from streamproc.batch import Batch, BatchBuilder
 from streamproc.config import Settings
-from streamproc.counters import Counters
+from streamproc.counters import Counters, Histogram
 from streamproc.decode import Decoder
 from streamproc.detect import Detector, IntervalClosed, Output
 from streamproc.registry import Registry
@@ -27,6 +28,8 @@ from streamproc.sinks.parquet import AlertParquetWriter, SnapshotWriter
 log = logging.getLogger("streamproc")
 
 AlertListener = Callable[[list[Alert]], None]
+BatchObserver = Callable[[Batch], None]
+SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Pipeline:
@@ -43,10 +46,19 @@ class Pipeline:
         self.snapshots = SnapshotWriter(self.out_dir, self.registry)
         self.alert_files = AlertParquetWriter(self.out_dir)
         self.listeners: list[AlertListener] = []
+        self.batch_observers: list[BatchObserver] = []
+        self.batch_seconds = Histogram(SECONDS)
+        self.snapshot_seconds = Histogram(SECONDS)
         self.alerts_by_rule: Counter[str] = Counter()
         self.sink_errors: Counter[str] = Counter()
         self.intervals_written = 0
-        self._interval_alerts: list[Alert] = []
+        self.unwritten_alerts: list[Alert] = []
+        self.max_readings = settings.batch.max_readings
+
+    def reload(self, settings: Settings) -> None:
+        """New rule, threshold, alert and batch settings; state and open alerts are kept."""
+        self.detector.reload(settings)
+        self.settings = settings
         self.max_readings = settings.batch.max_readings
 
     # -- input --------------------------------------------------------------------------
@@ -68,18 +80,31 @@ class Pipeline:
             self.process(self.builder.take())
 
     def process(self, batch: Batch) -> np.ndarray:
+        start = time.perf_counter()
         outputs, scores = self.detector.process(batch)
         self._route(outputs)
+        self.batch_seconds.observe(time.perf_counter() - start)
+        for observe in self.batch_observers:
+            observe(batch)
         return scores
 
     def close(self) -> None:
         """End of input: run the last batch, write the open intervals, close the files."""
         self.flush()
         self._route(self.detector.finish())
-        if self._interval_alerts:  # alerts after the last reading's interval
-            last = self._interval_alerts[-1].ts_ms
+        if self.unwritten_alerts:  # alerts after the last reading's interval
+            last = self.unwritten_alerts[-1].ts_ms
             step = self.detector.interval_ms
             self._write_alerts(last // step * step, last // step * step + step)
+        self.alert_log.close()
+
+    def suspend(self) -> None:
+        """Stop without ending the input (the daemon's shutdown; a checkpoint follows): run
+        the last batch and write the open intervals as they stand. They stay open in the
+        state, so after a restart their complete snapshots replace these files."""
+        self.flush()
+        for closed in self.detector.peek():
+            self._write_interval(closed, keep=True)
         self.alert_log.close()
 
     # -- output -------------------------------------------------------------------------
@@ -90,7 +115,7 @@ class Pipeline:
                 for a in alerts:
                     if a.event == "open":
                         self.alerts_by_rule[a.rule] += 1
-                self._interval_alerts += alerts
+                self.unwritten_alerts += alerts
                 self._safely("alerts.jsonl", self.alert_log.add, alerts)
                 for listener in self.listeners:
                     listener(alerts)
@@ -98,16 +123,21 @@ class Pipeline:
                 self._write_interval(out)
         self._safely("alerts.jsonl", self.alert_log.flush)
 
-    def _write_interval(self, closed: IntervalClosed) -> None:
+    def _write_interval(self, closed: IntervalClosed, keep: bool = False) -> None:
+        start = time.perf_counter()
         if self.settings.snapshots.enabled:
             self._safely("snapshots", self.snapshots.write_interval,
                          closed.start_ms, closed.end_ms, closed.rows)  # fmt: skip
-        self._write_alerts(closed.start_ms, closed.end_ms)
-        self.intervals_written += 1
+        self._write_alerts(closed.start_ms, closed.end_ms, keep)
+        self.snapshot_seconds.observe(time.perf_counter() - start)
+        self.intervals_written += not keep
 
-    def _write_alerts(self, start_ms: int, end_ms: int) -> None:
-        mine = [a for a in self._interval_alerts if a.ts_ms < end_ms]
-        self._interval_alerts = [a for a in self._interval_alerts if a.ts_ms >= end_ms]
+    def _write_alerts(self, start_ms: int, end_ms: int, keep: bool = False) -> None:
+        if keep:  # a peek: the alerts stay for the interval's real close
+            mine = [a for a in self.unwritten_alerts if start_ms <= a.ts_ms < end_ms]
+        else:
+            mine = [a for a in self.unwritten_alerts if a.ts_ms < end_ms]
+            self.unwritten_alerts = [a for a in self.unwritten_alerts if a.ts_ms >= end_ms]
         if mine and self.settings.snapshots.enabled:
             self._safely("alert_snapshots", self.alert_files.write_interval, start_ms, end_ms, mine)
 

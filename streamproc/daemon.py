@@ -1,0 +1,194 @@
+"""The live daemon (``streamproc run``): MQTT in -> the pipeline -> alerts on MQTT, the alert
+log and snapshots; metrics and health; checkpoints; signals.
+
+One asyncio event loop does everything, in this order of events::
+
+    message -> decode into the batch   (the gmqtt callback; runs a batch when it is full)
+    every batch.max_delay_ms           run whatever the batch holds
+    every checkpoint.interval_s        save the state
+    SIGHUP                             reload rules, thresholds, alerts and batch settings
+    SIGTERM / SIGINT                   stop: last batch, disconnect, write the open
+                                       intervals, save the state, exit 0
+
+While a batch runs the loop reads nothing, so a slow batch holds messages back in the socket
+and the broker (backpressure) instead of piling them up in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streamproc import checkpoint
+from streamproc import counters as C
+from streamproc.config import ConfigError, Settings, parse_host_port
+from streamproc.detect import warm_up
+from streamproc.metrics import Metrics, serve
+from streamproc.pipeline import Pipeline
+from streamproc.sinks.mqtt import AlertPublisher
+from streamproc.sources.mqtt import MqttConnection
+from streamproc.topics import TopicPattern
+
+log = logging.getLogger("streamproc")
+# what SIGHUP can change; anything else needs a restart
+RELOADABLE = ("rules", "thresholds", "alerts", "batch")
+
+
+def subscriptions(settings: Settings) -> tuple[str, ...]:
+    """``mqtt.topics``, or the filters that cover ``input.patterns``."""
+    if settings.mqtt.topics:
+        return settings.mqtt.topics
+    return tuple(dict.fromkeys(TopicPattern(p).subscription() for p in settings.input.patterns))
+
+
+def checkpoint_path(settings: Settings, out_dir: Path) -> Path:
+    return Path(settings.checkpoint.path or out_dir / "state" / "checkpoint.npz")
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about readiness or shutdown; no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(state.encode())
+
+
+class Daemon:
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings] | None = None):
+        """``reload_settings`` reads the configuration again for SIGHUP."""
+        self.settings = settings
+        self.reload_settings = reload_settings or (lambda: settings)
+        self.out_dir = Path(settings.output.dir)
+        self.checkpoint_path = checkpoint_path(settings, self.out_dir)
+        self.pipeline = Pipeline(settings, self.out_dir)
+        self.connection = MqttConnection(settings.mqtt, subscriptions(settings), self._on_message)
+        self.metrics = Metrics(self.pipeline, self.connection)
+        self.metrics.health = self.health
+        if settings.mqtt.publish_alerts:
+            publisher = AlertPublisher(self.connection, settings.mqtt.alert_prefix)
+            self.pipeline.listeners.append(publisher)
+        self.warmed = False
+        self.stopping = False
+        self.ready_sent = False
+
+    def health(self) -> str:
+        """Empty when ready, else why not."""
+        if self.stopping:
+            return "stopping"
+        if not self.warmed:
+            return "warming up the kernels"
+        if not self.connection.connected:
+            return f"not connected to {self.connection.describe()}"
+        if not self.connection.subscribed:
+            return "waiting for the broker to confirm the subscription"
+        return ""
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            self.pipeline.message(topic, payload, time.time_ns() // 1_000_000)
+        except Exception:  # a bug, not bad input: log it, count it, keep the daemon up
+            log.exception("internal error while processing a message on %r", topic[:200])
+            self.pipeline.counters.message(C.ERROR)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        server = None
+        if self.settings.metrics.listen:
+            host, port = parse_host_port(self.settings.metrics.listen)
+            server = await serve(self.metrics, host, port)
+            log.info("metrics and health on http://%s/metrics and /healthz",
+                     self.settings.metrics.listen)  # fmt: skip
+        await asyncio.to_thread(warm_up, self.settings)
+        if self.settings.checkpoint.enabled:
+            checkpoint.restore(self.pipeline, self.checkpoint_path)
+        self.warmed = True
+        tasks = []
+        if await self.connection.connect(stop):
+            delay_s = self.settings.batch.max_delay_ms / 1000
+            tasks = [asyncio.create_task(self._every(delay_s, self._tick))]
+            if self.settings.checkpoint.enabled:
+                interval = self.settings.checkpoint.interval_s
+                tasks.append(asyncio.create_task(self._every(interval, self.save_checkpoint)))
+            await stop.wait()
+        await self._shutdown(tasks)
+        if server is not None:
+            server.close()
+        return 0
+
+    async def _every(self, seconds: float, fn: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            fn()
+
+    def _tick(self) -> None:
+        self.pipeline.flush()
+        if not self.ready_sent and not self.health():
+            self.ready_sent = True
+            sd_notify("READY=1")
+            log.info("ready")
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        log.info("stopping")
+        self.stopping = True
+        sd_notify("STOPPING=1")
+        for t in tasks:
+            t.cancel()
+        self.pipeline.flush()  # its alerts still go out on MQTT
+        await self.connection.drain(2.0)
+        await self.connection.close()
+        self.pipeline.suspend()  # what arrived meanwhile, and the open intervals
+        if self.settings.checkpoint.enabled:
+            self.save_checkpoint()
+        summary = self.pipeline.summary()
+        log.info("stopped: %d readings, %d alerts open, messages %s", summary["readings"],
+                 summary["alerts_open_now"], summary["messages"])  # fmt: skip
+
+    def save_checkpoint(self) -> None:
+        self.pipeline.flush()
+        start = time.perf_counter()
+        try:
+            size = checkpoint.save(self.pipeline, self.checkpoint_path)
+        except OSError as exc:
+            self.pipeline.sink_errors["checkpoint"] += 1
+            log.error("checkpoint %s failed: %s", self.checkpoint_path, exc)
+            return
+        seconds = time.perf_counter() - start
+        self.metrics.checkpoint_seconds.observe(seconds)
+        self.metrics.checkpoint_at = time.monotonic()
+        log.debug("checkpoint: %d bytes in %.3f s", size, seconds)
+
+    def reload(self) -> None:
+        """SIGHUP: take new rules, thresholds, alert and batch settings from the config file;
+        window state and open alerts stay."""
+        try:
+            new = self.reload_settings()
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running settings: %s", exc)
+            return
+        ignored = [
+            f.name
+            for f in dataclasses.fields(Settings)
+            if f.name not in RELOADABLE and getattr(new, f.name) != getattr(self.settings, f.name)
+        ]
+        if ignored:
+            log.warning("reload: changes to [%s] need a restart; not applied", ", ".join(ignored))
+        changes = {name: getattr(new, name) for name in RELOADABLE}
+        self.settings = dataclasses.replace(self.settings, **changes)
+        self.pipeline.reload(self.settings)
+        log.info("reloaded [%s]", ", ".join(RELOADABLE))

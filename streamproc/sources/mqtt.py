@@ -1,0 +1,255 @@
+"""The broker connection: connect with jittered exponential backoff, subscribe, reconnect and
+subscribe again, hand every message to a callback; publish alerts on the same connection.
+
+Built on gmqtt. A persistent session (fixed client id, clean session off; MQTT 5 with a
+session expiry) makes the broker queue QoS 1 messages while the daemon is away and deliver
+them when it returns. gmqtt acknowledges a QoS 1 message when it arrives, before the
+callback runs.
+
+Outgoing messages go through an outbox: the broker lets only ``Receive Maximum`` QoS 1
+messages be unacknowledged at once (mosquitto: 20), so messages wait in the outbox (bounded by
+``OUTBOX_MAX``; beyond it the oldest is dropped and counted) while the window is full or the
+connection is down, and are sent as PUBACKs come back. Messages sent but not acknowledged when
+the connection drops are sent again by gmqtt after the reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.storage import PersistentStorage
+
+from streamproc.config import MqttSettings, parse_broker_url
+
+log = logging.getLogger("streamproc.mqtt")
+PASSWORD_ENV = "STREAMPROC_MQTT_PASSWORD"
+OUTBOX_MAX = 100_000
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class Backoff:
+    """Delays of ``lo * 2**n`` capped at ``hi``, each scaled by a random factor in [0.5, 1]."""
+
+    def __init__(self, lo: float, hi: float, rng: random.Random | None = None):
+        self.lo, self.hi = lo, hi
+        self.n = 0
+        self.rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = min(self.hi, self.lo * 2.0 ** min(self.n, 30))
+        self.n += 1
+        return delay * self.rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+def read_password(m: MqttSettings) -> str | None:
+    """From ``mqtt.password_file`` (one line) or the STREAMPROC_MQTT_PASSWORD variable."""
+    if m.password_file:
+        with open(m.password_file) as f:
+            return f.readline().rstrip("\r\n")
+    return os.environ.get(PASSWORD_ENV)
+
+
+def tls_context(m: MqttSettings) -> ssl.SSLContext:
+    """Verifies the broker's certificate and host name; presents a client certificate if set."""
+    ctx = ssl.create_default_context(cafile=m.ca_file or None)
+    if m.cert_file:
+        ctx.load_cert_chain(m.cert_file, m.key_file)
+    return ctx
+
+
+class _Inflight(PersistentStorage):
+    """gmqtt's store of unacknowledged QoS 1 messages; tells us when one is acknowledged."""
+
+    def __init__(self, on_ack: Callable[[], None]):
+        super().__init__()
+        self.on_ack = on_ack
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        super().remove_message_by_mid(mid)
+        self.on_ack()
+
+
+class _Client(gmqtt.Client):
+    """gmqtt's client, with our backoff between its reconnect attempts."""
+
+    backoff: Backoff
+
+    async def reconnect(self, delay: bool = False) -> None:
+        self.reconnect_delay = self.backoff.next()
+        await super().reconnect(delay=True)
+
+
+class MqttConnection:
+    """One client connection. ``on_message(topic, payload)`` runs in the event loop."""
+
+    def __init__(self, m: MqttSettings, topics: tuple[str, ...], on_message: MessageHandler,
+                 qos: int | None = None, subscribe: bool = True):  # fmt: skip
+        self.m = m
+        self.address = parse_broker_url(m.broker)
+        self.topics = topics
+        self.qos = m.qos if qos is None else qos
+        self.subscribe = subscribe
+        self.on_message = on_message
+        self.password = read_password(m)
+        self.ssl = tls_context(m) if self.address.tls else False
+        self.backoff = Backoff(m.reconnect_min_s, m.reconnect_max_s)
+        self.client: _Client | None = None
+        self.inflight = _Inflight(self._pump)  # QoS 1 messages sent, awaiting their PUBACK
+        self.outbox: deque[tuple[str, bytes, int, bool]] = deque()
+        self.connected = False
+        self.subscribed = False
+        self.connects = 0
+        self.published = 0
+        self.publish_errors = 0
+        self.closing = False
+
+    @property
+    def reconnects(self) -> int:
+        return max(self.connects - 1, 0)
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and (self.subscribed or not self.subscribe)
+
+    def describe(self) -> str:
+        """Where to, for logs: never the password."""
+        a = self.address
+        user = f"{a.username or self.m.username}@" if (a.username or self.m.username) else ""
+        return f"{'mqtts' if a.tls else 'mqtt'}://{user}{a.host}:{a.port}"
+
+    def _make_client(self) -> _Client:
+        kwargs: dict[str, Any] = {}
+        if self.m.protocol == "5" and not self.m.clean_session:
+            kwargs["session_expiry_interval"] = self.m.session_expiry_s
+        client = _Client(self.m.client_id or None, clean_session=self.m.clean_session,
+                         persistent_storage=self.inflight, **kwargs)  # fmt: skip
+        client.backoff = self.backoff
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        username = self.address.username or self.m.username
+        if username:
+            client.set_auth_credentials(username, self.password)
+        return client
+
+    async def connect(self, stop: asyncio.Event) -> bool:
+        """Try until connected (True) or ``stop`` is set (False); gmqtt reconnects after that."""
+        version = MQTTv50 if self.m.protocol == "5" else MQTTv311
+        a = self.address
+        while not stop.is_set():
+            client = self._make_client()
+            try:
+                await client.connect(a.host, a.port, ssl=self.ssl,
+                                     keepalive=self.m.keepalive_s, version=version)  # fmt: skip
+                self.client = client
+                self._pump()
+                return True
+            except (OSError, MQTTConnectError, TimeoutError) as exc:
+                delay = self.backoff.next()
+                log.warning("cannot connect to %s: %s; retrying in %.1f s",
+                            self.describe(), exc or type(exc).__name__, delay)  # fmt: skip
+                await _quietly_disconnect(client)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return False
+
+    @property
+    def backlog(self) -> int:
+        """Messages not yet acknowledged (QoS 1) or not yet sent."""
+        return len(self.outbox) + len(self.inflight.get_all())
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until everything published was sent and acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        return not self.backlog
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.client is not None:
+            await _quietly_disconnect(self.client)
+        self.connected = False
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Send one message now, or as soon as the broker's window and the connection allow."""
+        if len(self.outbox) >= OUTBOX_MAX:
+            self.outbox.popleft()
+            self.publish_errors += 1
+            log.warning("outgoing queue full (%d): the oldest message was dropped", OUTBOX_MAX)
+        self.outbox.append((topic, payload, qos, retain))
+        self._pump()
+
+    def _pump(self) -> None:
+        client = self.client
+        if client is None or not self.connected:
+            return
+        outbox = self.outbox
+        while outbox:
+            topic, payload, qos, retain = outbox[0]
+            try:
+                client.publish(topic, payload, qos=qos, retain=retain)
+            except OverflowError:  # the window of unacknowledged messages is full
+                return
+            except Exception as exc:  # gmqtt raises various errors on a dead transport
+                log.warning("publish to %s failed, will retry: %s", topic, exc)
+                return
+            outbox.popleft()
+            self.published += 1
+
+    # -- gmqtt callbacks ----------------------------------------------------------------
+    def _on_connect(self, client: gmqtt.Client, flags: int, rc: int, props: Any) -> None:
+        self.connected = True
+        self.connects += 1
+        self.backoff.reset()
+        self._pump()
+        log.info("connected to %s as %r (session present: %s)",
+                 self.describe(), self.m.client_id, bool(flags))  # fmt: skip
+        if self.subscribe:
+            self.subscribed = False
+            # subscribe on every connect: a broker that lost the session lost its subscriptions
+            client.subscribe([gmqtt.Subscription(t, qos=self.qos) for t in self.topics])
+
+    def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: Any, props: Any) -> None:
+        granted = list(qos)
+        if any(q >= 128 for q in granted):
+            log.error("the broker refused a subscription (granted %s for %s)", granted,
+                      list(self.topics))  # fmt: skip
+            return
+        self.subscribed = True
+        log.info("subscribed to %s with QoS %s", ", ".join(self.topics), granted)
+
+    def _on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Any = None) -> None:
+        if self.connected and not self.closing:
+            log.warning("disconnected from %s; reconnecting", self.describe())
+        self.connected = False
+        self.subscribed = False
+
+    def _on_message(self, client: gmqtt.Client, topic: str, payload: bytes, qos: int,
+                    props: Any) -> int:  # fmt: skip
+        self.on_message(topic, payload)
+        return 0
+
+
+async def _quietly_disconnect(client: gmqtt.Client) -> None:
+    try:
+        await asyncio.wait_for(client.disconnect(), 5)
+    except Exception as exc:  # the connection may be half open or already gone
+        log.debug("disconnect: %s", exc)
