@@ -292,3 +292,19 @@ def test_sighup_reloads_and_a_bad_file_is_refused(tmp_path: Path, broker: Broker
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def test_mqtt_311_and_qos_0(tmp_path: Path, broker: Broker, feed: Feed) -> None:
+    config = tmp_path / "v311.toml"
+    config.write_text('[mqtt]\nprotocol = "3.1.1"\n')
+    d = _daemon(tmp_path, broker, "-c", str(config), "--qos", "0").start()
+    try:
+        d.wait_ready()
+        part = feed.messages[:5000]
+        assert publish_all(broker.url, part, qos=0, protocol="3.1.1") == len(part)
+        d.wait_messages(len(part))
+        assert d.value("streamproc_messages_total", result="ok") == len(part)
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    assert "subscribed to city/+/+/+/+, city/+/+/+ with QoS [0, 0]" in d.log()
