@@ -73,3 +73,48 @@ def test_bad_toml_file(tmp_path: Path) -> None:
         load(f)
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("broker", "key"),
+    [
+        ("mqtt://user:secret@host:1883", "mqtt.broker"),  # a password in the URL is refused
+        ("http://host", "mqtt.broker"),
+        ("mqtt://host:99999", "mqtt.broker"),
+        ("mqtt://", "mqtt.broker"),
+    ],
+)
+def test_broker_url_errors(broker: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict({"mqtt": {"broker": broker}})
+    assert err.value.key == key
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        ({"mqtt": {"qos": 2}}, "mqtt.qos"),
+        ({"mqtt": {"protocol": "4"}}, "mqtt.protocol"),
+        ({"mqtt": {"topics": ["city/#/x"]}}, "mqtt.topics[0]"),
+        ({"mqtt": {"client_id": ""}}, "mqtt.client_id"),
+        ({"mqtt": {"cert_file": "/nonexistent"}}, "mqtt.cert_file"),
+        ({"mqtt": {"reconnect_min_s": 5.0, "reconnect_max_s": 1.0}}, "mqtt.reconnect_max_s"),
+        ({"mqtt": {"alert_prefix": "a/+"}}, "mqtt.alert_prefix"),
+        ({"metrics": {"listen": "9108"}}, "metrics.listen"),
+        ({"checkpoint": {"interval_s": 0}}, "checkpoint.interval_s"),
+    ],
+)
+def test_live_settings_errors(doc: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(doc)
+    assert err.value.key == key
+
+
+def test_broker_urls() -> None:
+    from streamproc.config import parse_broker_url
+
+    a = parse_broker_url("mqtts://ops@[::1]")
+    assert (a.tls, a.host, a.port, a.username) == (True, "::1", 8883, "ops")
+    b = parse_broker_url("mqtt://broker.city:1884")
+    assert (b.tls, b.host, b.port, b.username) == (False, "broker.city", 1884, "")

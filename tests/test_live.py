@@ -308,3 +308,32 @@ def test_mqtt_311_and_qos_0(tmp_path: Path, broker: Broker, feed: Feed) -> None:
     finally:
         d.kill()
     assert "subscribed to city/+/+/+/+, city/+/+/+ with QoS [0, 0]" in d.log()
+
+
+def test_simulate_publish(tmp_path: Path, broker: Broker) -> None:
+    """``streamproc simulate --publish`` feeds a running daemon: every message arrives."""
+    d = _daemon(tmp_path, broker).start()
+    try:
+        d.wait_ready()
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamproc.cli",
+            "simulate",
+            "--channels",
+            "60",
+            "--duration",
+            "2h",
+            "--publish",
+            broker.url,
+            "--rate",
+            "5000",
+        ]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+        sent = int(done.stdout.rsplit("published ", 1)[1].split()[0].replace(",", ""))
+        assert sent > 500
+        d.wait_messages(sent)
+        assert d.value("streamproc_messages_total", result="ok") == sent
+        assert d.stop() == 0
+    finally:
+        d.kill()
