@@ -47,45 +47,68 @@ def _compat(p: Pipeline) -> dict[str, object]:
     }
 
 
+class Checkpointer:
+    """Saves one pipeline's state to ``path``. ``take()`` copies the state (between batches,
+    on the event loop); ``write()`` does the file work and may run in another thread. Channel
+    names are kept encoded as channels appear, so a save does not re-encode them all."""
+
+    def __init__(self, p: Pipeline, path: Path):
+        self.p = p
+        self.path = Path(path)
+        self._names = bytearray()
+        self._named = 0
+
+    def take(self) -> dict[str, np.ndarray]:
+        p, reg = self.p, self.p.registry
+        d = p.detector
+        n = reg.n
+        if self._named < n:
+            self._names += "".join(
+                f"{reg.device_names.names[reg.ch_device[c]]}\t"
+                f"{reg.metrics.names[reg.ch_metric[c]]}\t"
+                f"{reg.kinds.names[reg.ch_kind[c]]}\t{reg.groups.names[reg.ch_group[c]]}\n"
+                for c in range(self._named, n)
+            ).encode()
+            self._named = n
+        meta = {
+            **_compat(p),
+            "saved_at": time.time(),
+            "channels": n,
+            "wm": d.wm,
+            "next_tick": d.next_tick,
+            "open_k": d.open_k,
+            "open_alerts": [dataclasses.astuple(a) for a in p.book.open.values()],
+            "interval_alerts": [dataclasses.astuple(a) for a in p.unwritten_alerts],
+        }
+        arrays = {f"state.{k}": v[:n].copy() for k, v in d.state.items()}
+        arrays["counts"] = d.counts.copy()
+        arrays["names"] = np.frombuffer(bytes(self._names), np.uint8)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        return arrays
+
+    def write(self, arrays: dict[str, np.ndarray]) -> int:
+        """Write what ``take`` returned, atomically; returns the file size in bytes."""
+        path = self.path
+        make_dirs(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return path.stat().st_size
+
+
 def save(p: Pipeline, path: Path) -> int:
-    """Write the pipeline's state to ``path`` atomically; returns the file size in bytes.
-    Call between batches (the pipeline's builder should be flushed first)."""
-    d, reg = p.detector, p.registry
-    n = reg.n
-    names = "".join(
-        f"{reg.device_names.names[reg.ch_device[c]]}\t{reg.metrics.names[reg.ch_metric[c]]}\t"
-        f"{reg.kinds.names[reg.ch_kind[c]]}\t{reg.groups.names[reg.ch_group[c]]}\n"
-        for c in range(n)
-    )
-    meta = {
-        **_compat(p),
-        "saved_at": time.time(),
-        "channels": n,
-        "wm": d.wm,
-        "next_tick": d.next_tick,
-        "open_k": d.open_k,
-        "open_alerts": [dataclasses.astuple(a) for a in p.book.open.values()],
-        "interval_alerts": [dataclasses.astuple(a) for a in p.unwritten_alerts],
-    }
-    arrays = {f"state.{k}": v[:n] for k, v in d.state.items()}
-    arrays["counts"] = d.counts
-    arrays["names"] = np.frombuffer(names.encode(), np.uint8)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path = Path(path)
-    make_dirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path.stat().st_size
+    """Write the pipeline's state to ``path`` at once (between batches); the size in bytes."""
+    c = Checkpointer(p, path)
+    return c.write(c.take())
 
 
 def restore(p: Pipeline, path: Path) -> bool:

@@ -79,6 +79,8 @@ class Daemon:
         if settings.mqtt.publish_alerts:
             publisher = AlertPublisher(self.connection, settings.mqtt.alert_prefix)
             self.pipeline.listeners.append(publisher)
+        self.checkpointer = checkpoint.Checkpointer(self.pipeline, self.checkpoint_path)
+        self._writing: asyncio.Future[int] | None = None
         self.warmed = False
         self.stopping = False
         self.ready_sent = False
@@ -123,8 +125,7 @@ class Daemon:
             delay_s = self.settings.batch.max_delay_ms / 1000
             tasks = [asyncio.create_task(self._every(delay_s, self._tick))]
             if self.settings.checkpoint.enabled:
-                interval = self.settings.checkpoint.interval_s
-                tasks.append(asyncio.create_task(self._every(interval, self.save_checkpoint)))
+                tasks.append(asyncio.create_task(self._checkpoints()))
             await stop.wait()
         await self._shutdown(tasks)
         if server is not None:
@@ -135,6 +136,24 @@ class Daemon:
         while True:
             await asyncio.sleep(seconds)
             fn()
+
+    async def _checkpoints(self) -> None:
+        """Every checkpoint.interval_s: copy the state between batches, write the copy in a
+        thread while ingest goes on."""
+        while True:
+            await asyncio.sleep(self.settings.checkpoint.interval_s)
+            self.pipeline.flush()
+            start = time.perf_counter()
+            arrays = self.checkpointer.take()
+            self._writing = asyncio.ensure_future(
+                asyncio.to_thread(self.checkpointer.write, arrays)
+            )
+            try:
+                size = await asyncio.shield(self._writing)
+            except OSError as exc:
+                self._checkpoint_failed(exc)
+                continue
+            self._checkpoint_done(start, size)
 
     def _tick(self) -> None:
         self.pipeline.flush()
@@ -149,6 +168,10 @@ class Daemon:
         sd_notify("STOPPING=1")
         for t in tasks:
             t.cancel()
+        if self._writing is not None:  # a checkpoint being written: let it finish
+            await asyncio.wait([self._writing])
+            if not self._writing.cancelled() and self._writing.exception() is not None:
+                log.error("checkpoint failed: %s", self._writing.exception())
         self.pipeline.flush()  # its alerts still go out on MQTT
         await self.connection.drain(2.0)
         await self.connection.close()
@@ -160,14 +183,21 @@ class Daemon:
                  summary["alerts_open_now"], summary["messages"])  # fmt: skip
 
     def save_checkpoint(self) -> None:
+        """Save now, on the event loop (at shutdown)."""
         self.pipeline.flush()
         start = time.perf_counter()
         try:
-            size = checkpoint.save(self.pipeline, self.checkpoint_path)
+            size = self.checkpointer.write(self.checkpointer.take())
         except OSError as exc:
-            self.pipeline.sink_errors["checkpoint"] += 1
-            log.error("checkpoint %s failed: %s", self.checkpoint_path, exc)
+            self._checkpoint_failed(exc)
             return
+        self._checkpoint_done(start, size)
+
+    def _checkpoint_failed(self, exc: OSError) -> None:
+        self.pipeline.sink_errors["checkpoint"] += 1
+        log.error("checkpoint %s failed: %s", self.checkpoint_path, exc)
+
+    def _checkpoint_done(self, start: float, size: int) -> None:
         seconds = time.perf_counter() - start
         self.metrics.checkpoint_seconds.observe(seconds)
         self.metrics.checkpoint_at = time.monotonic()

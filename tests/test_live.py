@@ -337,3 +337,25 @@ def test_simulate_publish(tmp_path: Path, broker: Broker) -> None:
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def test_periodic_checkpoints_while_running(tmp_path: Path, broker: Broker, feed: Feed) -> None:
+    config = tmp_path / "ck.toml"
+    config.write_text("[checkpoint]\ninterval_s = 0.3\n")
+    d = _daemon(tmp_path, broker, "-c", str(config)).start()
+    try:
+        d.wait_ready()
+        publish_all(broker.url, feed.messages[:5000])
+        d.wait_messages(5000)
+        done = d.value("streamproc_checkpoint_seconds_count")
+        d.wait_until(
+            "two more checkpoints",
+            lambda: d.value("streamproc_checkpoint_seconds_count") >= done + 2,
+        )
+        assert d.value("streamproc_checkpoint_age_seconds") < 5
+        assert d.value("streamproc_sink_errors_total") == 0
+        path = tmp_path / "out" / "state" / "checkpoint.npz"
+        assert path.exists() and path.stat().st_mode & 0o777 == 0o640
+        assert d.stop() == 0
+    finally:
+        d.kill()
