@@ -27,7 +27,7 @@ INVALID_ID = "invalid_id"  # device or metric id with characters outside topics.
 UNKNOWN_DEVICE = "unknown_device"  # not in the sensor list and register_unknown is off
 CAPACITY = "capacity"  # channels.max_channels reached
 TOO_OLD = "too_old"  # before input.min_ts
-FAR_FUTURE = "far_future"  # more than input.max_future_s ahead of the watermark
+FAR_FUTURE = "far_future"  # more than input.max_future_s ahead of its message's receive time
 OUT_OF_ORDER = "out_of_order"  # not newer than the channel's last reading
 LATE = "late"  # its snapshot interval was already written
 

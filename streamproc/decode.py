@@ -31,6 +31,7 @@ from streamproc.config import Settings
 from streamproc.counters import (
     CAPACITY,
     EMPTY,
+    FAR_FUTURE,
     INVALID_ID,
     INVALID_VALUE,
     MALFORMED,
@@ -81,6 +82,8 @@ class Decoder:
         self.patterns = [TopicPattern(p) for p in settings.input.patterns]
         self.max_payload_bytes = settings.input.max_payload_bytes
         self.min_ts_ms = parse_rfc3339_ms(settings.input.min_ts)
+        self.max_future_ms = round(settings.input.max_future_s * 1000)
+        self.recv_ms = 0  # the receive time of the message being decoded
         self.registry = registry
         self.counters = counters
         self.builder = builder
@@ -89,6 +92,7 @@ class Decoder:
 
     def decode(self, topic: str, payload: bytes, recv_ms: int) -> None:
         """Decode one MQTT message; append its readings to the builder; count its result."""
+        self.recv_ms = recv_ms
         try:
             result, detail = self._decode(topic, payload, recv_ms)
         except Exception as exc:  # the contract: nothing escapes, whatever the input
@@ -307,6 +311,8 @@ class Decoder:
         if not self.min_ts_ms <= ts <= MAX_TS_MS:
             reason = TOO_OLD if ts < self.min_ts_ms else INVALID_VALUE
             return self._drop(reason, topic, f"{metric[:40]!r}: time {ts}")
+        if ts > self.recv_ms + self.max_future_ms:
+            return self._drop(FAR_FUTURE, topic, f"{metric[:40]!r}: time {ts}")
         c = None if device is None else self.registry.index.get((device, metric))
         if c is None:
             c = self._channel(device, metric, kind, group)

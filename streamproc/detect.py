@@ -155,7 +155,6 @@ class Detector:
         self.tick_ms = round(settings.detect.tick_s * 1000)
         self.interval_ms = round(settings.snapshots.interval_s * 1000)
         self.grace_ms = round(settings.snapshots.grace_s * 1000)
-        self.max_future_ms = round(settings.input.max_future_s * 1000)
         a = settings.alerts
         self.g = np.zeros(bank.N_GLOBALS)
         self.g[bank.G_HOLD_MS] = a.hold_s * 1000
@@ -197,17 +196,8 @@ class Detector:
         scores = np.full(n, np.nan, np.float32)
         if n == 0:
             return [], scores
-        accept = np.empty(n, np.bool_)
         wm_after = np.empty(n, np.int64)
-        self.wm = bank.advance_watermark(batch.ts_ms, self.wm, self.max_future_ms, accept,
-                                         wm_after)  # fmt: skip
-        keep = None
-        if not accept.all():
-            keep = np.flatnonzero(accept)
-            self.counters.drop(C.FAR_FUTURE, n - len(keep), "event time too far ahead")
-            batch = Batch(batch.idx[keep], batch.ts_ms[keep], batch.value[keep])
-            wm_after = wm_after[keep]
-        sub_scores = np.full(len(batch), np.nan, np.float32)
+        self.wm = bank.advance_watermark(batch.ts_ms, self.wm, wm_after)
         outputs: list[Output] = []
         if self.open_k is None and len(batch):
             t0 = int(batch.ts_ms[0])
@@ -217,15 +207,11 @@ class Detector:
         while a < m:
             due = min(self.next_tick, self._close_boundary())
             j = a + int(np.searchsorted(wm_after[a:], due, side="left"))
-            self._run(batch, a, j, sub_scores, outputs)
+            self._run(batch, a, j, scores, outputs)
             if j == m:
                 break
             self._fire_timers(int(wm_after[j]), outputs)
             a = j
-        if keep is None:
-            scores = sub_scores
-        else:
-            scores[keep] = sub_scores
         return outputs, scores
 
     def _close_boundary(self) -> int:
@@ -270,18 +256,19 @@ class Detector:
         if self.next_tick <= wm:
             tick = self.next_tick + (wm - self.next_tick) // self.tick_ms * self.tick_ms
             self.next_tick = tick + self.tick_ms
-        while self._close_boundary() <= wm:
-            if tick is not None and tick < self._close_boundary():
+        # intervals open_k..due are due; only the first two can hold readings: a reading of
+        # interval open_k + 2 comes after the close of open_k is due (grace < interval)
+        due = (wm - self.grace_ms) // self.interval_ms - 1
+        for k in range(self.open_k, min(self.open_k + 1, due) + 1):
+            if tick is not None and tick < (k + 1) * self.interval_ms + self.grace_ms:
                 self._sweep(tick, outputs)
                 tick = None
-            closed = self._close(self.open_k)
+            closed = self._close(k)
             if len(closed.rows):
                 outputs.append(closed)
-            self.open_k += 1
+        self.open_k = max(self.open_k, due + 1)
         if tick is not None:
             self._sweep(tick, outputs)
-        # a long jump in event time skips empty intervals at once
-        self.open_k = max(self.open_k, (wm - self.grace_ms) // self.interval_ms)
 
     def _sweep(self, now_ms: int, outputs: list[Output]) -> None:
         s = self.state

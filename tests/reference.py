@@ -167,11 +167,7 @@ class Reference:
 
     # -- readings ---------------------------------------------------------------------------
     def run(self, readings: list[tuple[int, int, float]]) -> None:
-        future = round(self.s.input.max_future_s * 1000)
         for c, t, x in readings:
-            if self.wm is not None and t > self.wm + future:
-                self.scores.append(math.nan)
-                continue
             self.wm = t if self.wm is None else max(self.wm, t)
             if self.open_k is None:
                 self.open_k = t // self.interval

@@ -22,7 +22,7 @@ from streamproc.registry import Registry
 from streamproc.times import parse_rfc3339_ms
 from streamproc.topics import valid_id
 
-RECV = 1_700_000_000_000  # receive time, epoch ms
+RECV = 1_800_000_000_000  # receive time, epoch ms (2027: after every payload time used)
 T0 = 1_690_000_000  # an event time, epoch s
 
 
@@ -671,3 +671,14 @@ def test_one_result_per_message(messages: list[tuple[str, bytes]]) -> None:
         r.decoder.decode(topic, payload, RECV)
     assert sum(r.counters.messages.values()) == len(messages)
     assert r.decoder.internal_errors == 0
+
+
+def test_far_future_is_judged_against_the_receive_time(rig: Rig) -> None:
+    ahead = RECV + 300_000  # input.max_future_s = 300: the limit itself is accepted
+    assert rig.send("city/north/air/st1/pm25", {"ts": ahead, "value": 1}) != []
+    assert rig.send("city/north/air/st1/pm25", {"ts": ahead + 1, "value": 2}) == []
+    assert rig.drops() == {cn.FAR_FUTURE: 1}
+    # a reading long after the previous one is not "future" when it arrives on time
+    later = RECV + 86_400_000
+    out = rig.send("city/north/air/st1/pm25", {"ts": later, "value": 3}, recv_ms=later)
+    assert out == [(ch("st1", "pm25"), later, 3.0)]

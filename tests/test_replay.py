@@ -133,3 +133,21 @@ def test_demo_runs_bounded(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     text = capsys.readouterr().out
     assert "readings processed" in text and "read_parquet" in text
     assert (out / "alerts.jsonl").exists() and (out / "labels.csv").exists()
+
+
+def test_a_long_silence_loses_no_reading(tmp_path: Path) -> None:
+    """Hours without traffic, then traffic again: nothing after the gap is dropped (a gap
+    longer than input.max_future_s once made every later reading far_future)."""
+    from streamproc.config import load
+    from streamproc.pipeline import Pipeline
+
+    p = Pipeline(load(None), tmp_path)
+    t0 = 1_767_571_200_000
+    times = [t0 + i * 60_000 for i in range(30)] + [
+        t0 + 6 * 3_600_000 + i * 60_000 for i in range(30)
+    ]
+    for t in times:
+        p.message("city/d1/air/st1/pm25", b'{"ts": %d, "value": 5}' % t, t + 100)
+    p.close()
+    assert p.counters.readings == 60
+    assert not p.counters.dropped

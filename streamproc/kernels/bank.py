@@ -350,16 +350,10 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
 
 
 @kernel
-def advance_watermark(ts, wm, max_future_ms, accept, wm_after):
-    """Accept readings no more than ``max_future_ms`` ahead of the watermark (the largest
-    accepted event time; the first reading sets it). ``wm_after[i]``: watermark after i."""
+def advance_watermark(ts, wm, wm_after):
+    """The watermark (the largest event time so far) after each reading, in ``wm_after``."""
     for i in range(ts.shape[0]):
-        t = ts[i]
-        if wm == NEVER or t <= wm + max_future_ms:
-            accept[i] = True
-            if t > wm:
-                wm = t
-        else:
-            accept[i] = False
+        if ts[i] > wm:
+            wm = ts[i]
         wm_after[i] = wm
     return wm
