@@ -151,7 +151,8 @@ def probation_rows(n: int) -> int:
     return int(min(math.floor(0.15 * n), 0.15 * 5000))
 
 
-def scaled_sigmoid(y: np.ndarray) -> np.ndarray:
+def scaled_sigmoid(y: np.ndarray | float) -> np.ndarray:
+    """``2 / (1 + exp(5 y)) - 1``, and -1 from y = 3 on (element-wise)."""
     y = np.asarray(y, np.float64)
     return np.where(y >= 3.0, -1.0, 2.0 / (1.0 + np.exp(5.0 * np.minimum(y, 3.0))) - 1.0)
 
@@ -171,6 +172,7 @@ class Sweep:
 
 
 def sweep(n: int, windows: Sequence[tuple[int, int]], profile: Profile) -> Sweep:
+    """The scoring terms of a file of ``n`` rows with ``windows`` (inclusive row ranges)."""
     i = np.arange(n)
     window = np.full(n, -1, np.int64)
     weight = np.empty(n, np.float64)
