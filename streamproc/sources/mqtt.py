@@ -32,6 +32,7 @@ from gmqtt.mqtt.handler import MQTTConnectError
 from gmqtt.storage import PersistentStorage
 
 from streamproc.config import MqttSettings, parse_broker_url
+from streamproc.counters import RateLimitedLog
 
 log = logging.getLogger("streamproc.mqtt")
 PASSWORD_ENV = "STREAMPROC_MQTT_PASSWORD"
@@ -118,14 +119,11 @@ class MqttConnection:
         self.published = 0
         self.publish_errors = 0
         self.closing = False
+        self._warn = RateLimitedLog(log)
 
     @property
     def reconnects(self) -> int:
         return max(self.connects - 1, 0)
-
-    @property
-    def ready(self) -> bool:
-        return self.connected and (self.subscribed or not self.subscribe)
 
     def describe(self) -> str:
         """Where to, for logs: never the password."""
@@ -193,7 +191,7 @@ class MqttConnection:
         if len(self.outbox) >= OUTBOX_MAX:
             self.outbox.popleft()
             self.publish_errors += 1
-            log.warning("outgoing queue full (%d): the oldest message was dropped", OUTBOX_MAX)
+            self._warn.warn("outbox", f"outgoing queue full ({OUTBOX_MAX}): oldest dropped")
         self.outbox.append((topic, payload, qos, retain))
         self._pump()
 
@@ -209,7 +207,7 @@ class MqttConnection:
             except OverflowError:  # the window of unacknowledged messages is full
                 return
             except Exception as exc:  # gmqtt raises various errors on a dead transport
-                log.warning("publish to %s failed, will retry: %s", topic, exc)
+                self._warn.warn("publish", f"to {topic[:200]} failed, will retry: {exc}")
                 return
             outbox.popleft()
             self.published += 1
