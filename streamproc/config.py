@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from streamproc.times import parse_rfc3339_ms
 from streamproc.topics import TopicPattern, valid_id
 
-RULE_NAMES = ("threshold", "zscore", "flatline", "dropout")
+RULE_NAMES = ("threshold", "zscore", "flatline", "dropout", "neighbour")
 
 
 class ConfigError(ValueError):
@@ -141,6 +141,29 @@ class DropoutParams:
 
 
 @dataclass(frozen=True)
+class NeighbourParams:
+    """A channel against the median of its group (same group and metric) per snapshot
+    interval: its offset from that median is learnt (EWMA), and a two-sided CUSUM of the
+    deviation from the learnt offset, in learnt standard deviations, finds drift; one large
+    deviation (z_open) finds a broken reading. What the whole group does moves the median,
+    so a city-wide episode is not a disagreement. Off by default: with these settings it
+    raises far too many false alerts on real data (6.4 per station-week on Beijing) because
+    a station's deviation from its neighbours persists for hours; see benchmarks/RESULTS.md."""
+
+    enabled: bool = False
+    min_neighbours: int = 5  # channels of the group reporting in the interval, itself included
+    alpha: float = 0.02  # EWMA weight of one interval in the learnt offset and its spread
+    k: float = 0.5  # CUSUM allowance, in standard deviations
+    h: float = 12.0  # opens when a side's sum reaches h ...
+    h_close: float = 4.0  # ... and stays open while it is >= h_close
+    h_critical: float = 36.0
+    z_open: float = 10.0  # or when one interval deviates by this many standard deviations
+    clip: float = 4.0  # deviations are clipped to +-clip std in the sums and the baseline
+    min_intervals: int = 48  # intervals with neighbours before the rule can fire
+    min_std: float = 0.0  # floor under the learnt standard deviation, in the metric's unit
+
+
+@dataclass(frozen=True)
 class ThresholdParams:
     """Absolute limits with hysteresis; NaN (unset) disables a side."""
 
@@ -157,6 +180,7 @@ RULE_PARAMS: dict[str, type] = {
     "zscore": ZScoreParams,
     "flatline": FlatlineParams,
     "dropout": DropoutParams,
+    "neighbour": NeighbourParams,
 }
 
 
@@ -328,6 +352,19 @@ def _validate(s: Settings) -> None:
                 _check_positive(f"{key}.min_readings", p.min_readings)
                 _check_positive(f"{key}.min_duration_s", p.min_duration_s, strict=False)
                 _check_positive(f"{key}.tolerance", p.tolerance, strict=False)
+            elif isinstance(p, NeighbourParams):
+                if p.min_neighbours < 3:
+                    raise ConfigError(f"{key}.min_neighbours", "must be >= 3")
+                if not 0 < p.alpha <= 1:
+                    raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
+                _check_positive(f"{key}.k", p.k, strict=False)
+                _check_positive(f"{key}.h", p.h)
+                if not 0 <= p.h_close <= p.h <= p.h_critical:
+                    raise ConfigError(key, "needs 0 <= h_close <= h <= h_critical")
+                _check_positive(f"{key}.z_open", p.z_open)
+                _check_positive(f"{key}.clip", p.clip)
+                _check_positive(f"{key}.min_intervals", p.min_intervals)
+                _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, DropoutParams):
                 _check_positive(f"{key}.factor", p.factor)
                 _check_positive(f"{key}.min_gap_s", p.min_gap_s, strict=False)

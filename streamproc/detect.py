@@ -68,6 +68,11 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "ival": (np.float64, (), 0.0),
         "flat_n": (np.int32, (), 0),
         "flat_t0": (np.int64, (), NEVER),
+        "nb_n": (np.int32, (), 0),
+        "nb_base": (np.float64, (), 0.0),
+        "nb_dev": (np.float64, (), 0.0),
+        "nb_pos": (np.float64, (), 0.0),
+        "nb_neg": (np.float64, (), 0.0),
         "st": (np.int8, (N_RULES,), 0),
         "a_sev": (np.int8, (N_RULES,), 0),
         "a_flap": (np.int8, (N_RULES,), 0),
@@ -98,6 +103,7 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         z = settings.rules["zscore"].for_channel(kind, metric)
         fl = settings.rules["flatline"].for_channel(kind, metric)
         do = settings.rules["dropout"].for_channel(kind, metric)
+        nb = settings.rules["neighbour"].for_channel(kind, metric)
         row = prm[p]
         row[bank.P_TH_ABOVE] = th.above
         row[bank.P_TH_CRIT_ABOVE] = th.critical_above
@@ -119,6 +125,17 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_DO_ON] = do.enabled
         row[bank.P_DO_FACTOR] = do.factor
         row[bank.P_DO_MIN_GAP_MS] = do.min_gap_s * 1000
+        row[bank.P_NB_ON] = nb.enabled
+        row[bank.P_NB_MIN_NB] = nb.min_neighbours
+        row[bank.P_NB_ALPHA] = nb.alpha
+        row[bank.P_NB_K] = nb.k
+        row[bank.P_NB_H] = nb.h
+        row[bank.P_NB_CLOSE] = nb.h_close
+        row[bank.P_NB_CRIT] = nb.h_critical
+        row[bank.P_NB_Z_OPEN] = nb.z_open
+        row[bank.P_NB_CLIP] = nb.clip
+        row[bank.P_NB_MIN_N] = nb.min_intervals
+        row[bank.P_NB_MIN_STD] = nb.min_std
     return prm
 
 
@@ -263,7 +280,7 @@ class Detector:
             if tick is not None and tick < (k + 1) * self.interval_ms + self.grace_ms:
                 self._sweep(tick, outputs)
                 tick = None
-            closed = self._close(k)
+            closed = self._close(k, outputs)
             if len(closed.rows):
                 outputs.append(closed)
         self.open_k = max(self.open_k, due + 1)
@@ -283,12 +300,49 @@ class Detector:
             )  # fmt: skip
             self._drain(ne, outputs)
 
-    def _close(self, k: int) -> IntervalClosed:
-        """Take interval k's aggregates out of their slot and reset it."""
+    def _close(self, k: int, outputs: list[Output]) -> IntervalClosed:
+        """Run the neighbour rule on interval k, then take its aggregates out of their slot
+        and reset it."""
+        self._neighbours(k, outputs)
         closed = self._aggregates(k)
         for name in _AGG:
             self.state[name][closed.rows.channel, k & 1] = self.spec[name][2]
         return closed
+
+    def _neighbours(self, k: int, outputs: list[Output]) -> None:
+        """The neighbour rule over the channels that reported in interval k. A group is the
+        channels of one group, kind and metric; its common level is the median of its known
+        channels' means less their learnt offsets (so that a station that always reads higher
+        does not move it when another one drifts past it), or of the plain means while no
+        channel of the group is known yet."""
+        s, reg = self.state, self.registry
+        sl = k & 1
+        rows = np.flatnonzero(s["agg_n"][: reg.n, sl] > 0).astype(np.int32)
+        if len(rows) == 0 or not (self.prm[:, bank.P_NB_ON] > 0).any():
+            return
+        value = s["agg_sum"][rows, sl] / s["agg_n"][rows, sl]
+        key = reg.ch_group[rows].astype(np.int64) * len(reg.profiles) + reg.ch_profile[rows]
+        _, gid, n_per_group = np.unique(key, return_inverse=True, return_counts=True)
+        known = s["nb_n"][rows] > 0
+        common = _group_medians(gid[~known], value[~known], len(n_per_group))
+        has_known = np.bincount(gid[known], minlength=len(n_per_group)) > 0
+        corrected = value[known] - s["nb_base"][rows[known]]
+        common[has_known] = _group_medians(gid[known], corrected, len(n_per_group))[has_known]
+        t = (k + 1) * self.interval_ms
+        n_group = n_per_group[gid]
+        common = common[gid]
+        ev = self.ev
+        i = 0
+        while i < len(rows):
+            i, ne = bank.neighbour_step(
+                rows, value, common, n_group, t, reg.ch_profile, self.prm, self.g,
+                s["nb_n"], s["nb_base"], s["nb_dev"], s["nb_pos"], s["nb_neg"],
+                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_opened"],
+                s["a_last_open"], s["a_peak"], s["a_score"],
+                ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
+                ev["score"], ev["sev"], i,
+            )  # fmt: skip
+            self._drain(ne, outputs)
 
     def _aggregates(self, k: int) -> IntervalClosed:
         s = self.state
@@ -316,7 +370,7 @@ class Detector:
         out: list[Output] = []
         last_k = self.wm // self.interval_ms
         for k in range(self.open_k, last_k + 1):
-            closed = self._close(k)
+            closed = self._close(k, out)
             if len(closed.rows):
                 out.append(closed)
         self.open_k = last_k + 1
@@ -329,6 +383,19 @@ class Detector:
             return []
         ks = range(self.open_k, self.wm // self.interval_ms + 1)
         return [c for c in map(self._aggregates, ks) if len(c.rows)]
+
+
+def _group_medians(gid: np.ndarray, value: np.ndarray, n_groups: int) -> np.ndarray:
+    """Median of ``value`` per group id (NaN for a group without values)."""
+    out = np.full(n_groups, np.nan)
+    if len(gid) == 0:
+        return out
+    order = np.lexsort((value, gid))
+    gs, vs = gid[order], value[order]
+    starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+    lengths = np.diff(np.r_[starts, len(gs)])
+    out[gs[starts]] = (vs[starts + (lengths - 1) // 2] + vs[starts + lengths // 2]) / 2
+    return out
 
 
 def warm_up(settings: Settings) -> None:

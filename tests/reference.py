@@ -18,6 +18,7 @@ from streamproc.kernels.rules import (
     EV_UPDATE,
     R_DROPOUT,
     R_FLATLINE,
+    R_NEIGHBOUR,
     R_THRESHOLD,
     R_ZSCORE,
     SEV_CRITICAL,
@@ -52,7 +53,12 @@ class Chan:
     ival: float = 0.0
     flat_n: int = 0
     flat_t0: int | None = None
-    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(4)})
+    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(5)})
+    nb_n: int = 0
+    nb_base: float = 0.0
+    nb_dev: float = 0.0
+    nb_pos: float = 0.0
+    nb_neg: float = 0.0
     agg: dict[int, list[float]] = field(default_factory=dict)  # interval -> values
     agg_last_ts: dict[int, int] = field(default_factory=dict)
     agg_score: dict[int, float] = field(default_factory=dict)
@@ -154,7 +160,56 @@ class Reference:
                 )
                 self.events.append((c, R_DROPOUT, EV_OPEN, now, now, gap / 1e3, 0.75, SEV_WARNING))
 
+    def neighbours(self, k: int) -> None:
+        """Each channel's mean in interval k against its group's median (all channels are in
+        one group here, so a group is a (kind, metric))."""
+
+        def median(xs: list[float]) -> float:
+            xs = sorted(xs)
+            return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+        means = {c: sum(ch.agg[k]) / len(ch.agg[k]) for c, ch in self.ch.items() if ch.agg.get(k)}
+        members: dict[tuple[str, str], list[int]] = {}
+        for c in means:
+            members.setdefault(self.km[c], []).append(c)
+        common = {}
+        for g, cs in members.items():
+            known = [c for c in cs if self.ch[c].nb_n > 0]
+            if known:
+                common[g] = median([means[c] - self.ch[c].nb_base for c in known])
+            else:
+                common[g] = median([means[c] for c in cs])
+        t = (k + 1) * self.interval
+        for c in sorted(means):
+            p = self.s.rules["neighbour"].for_channel(*self.km[c])
+            if not p.enabled or len(members[self.km[c]]) < p.min_neighbours:
+                continue
+            ch = self.ch[c]
+            if ch.nb_n == 0:
+                ch.nb_base, ch.nb_dev = means[c] - common[self.km[c]], 0.0
+            else:
+                e = means[c] - ch.nb_base - common[self.km[c]]
+                sd = max(1.2533 * ch.nb_dev, p.min_std)
+                if ch.nb_n >= p.min_intervals and sd > 0:
+                    z = e / sd
+                    u = min(max(z, -p.clip), p.clip)
+                    ch.nb_pos = max(0.0, ch.nb_pos + u - p.k)
+                    ch.nb_neg = max(0.0, ch.nb_neg - u - p.k)
+                    stat = max(ch.nb_pos, ch.nb_neg)
+                    big = abs(z) >= p.z_open
+                    sc = max(ratio_score(stat / p.h), ratio_score(abs(z) / p.z_open))
+                    sev = SEV_CRITICAL if stat >= p.h_critical else SEV_WARNING
+                    hold = big or stat >= p.h_close
+                    self.step(c, R_NEIGHBOUR, t, big or stat >= p.h, hold, sev, sc, means[c], 0)
+                if sd > 0:
+                    e = min(max(e, -p.clip * sd), p.clip * sd)
+                a = max(p.alpha, 1.0 / (ch.nb_n + 1))
+                ch.nb_base += a * e
+                ch.nb_dev += a * (abs(e) - ch.nb_dev)
+            ch.nb_n += 1
+
     def close(self, k: int) -> None:
+        self.neighbours(k)
         rows = {}
         for c in sorted(self.ch):
             ch = self.ch[c]

@@ -36,6 +36,19 @@ SETTINGS = from_dict(
             },
             "flatline": {"min_readings": 3, "min_duration_s": 15},
             "dropout": {"factor": 3, "min_gap_s": 40},
+            "neighbour": {
+                "enabled": True,
+                "min_neighbours": 3,
+                "min_intervals": 2,
+                "alpha": 0.3,
+                "k": 0.25,
+                "h": 2,
+                "h_close": 0.5,
+                "h_critical": 4,
+                "z_open": 3,
+                "clip": 3,
+                "overrides": {"traffic.flow": {"min_std": 1.0}},
+            },
         },
         "thresholds": {
             "air.pm25": {
@@ -64,10 +77,10 @@ steps = st.one_of(
     st.integers(-30_000, 0),  # out of order / duplicate
     st.just(2_000_000),  # far future
 )
-readings_st = st.lists(st.tuples(st.integers(0, 3), steps, values), min_size=1, max_size=300)
+readings_st = st.lists(st.tuples(st.integers(0, 9), steps, values), min_size=1, max_size=300)
 
 
-def make(n_channels: int = 4) -> tuple[Detector, Registry, dict[int, tuple[str, str]]]:
+def make(n_channels: int = 10) -> tuple[Detector, Registry, dict[int, tuple[str, str]]]:
     reg = Registry(SETTINGS.channels)
     km = {}
     for i in range(n_channels):
@@ -205,3 +218,61 @@ def test_threshold_hysteresis_and_minimum_duration():
     # clear_below = 30, so it stays open; clear from reading 10, resolves 20 s later... after
     # the data ends, so only the open is seen
     assert th == [(1, ts[5])]
+
+
+def _group_feed(offsets: list[int], noise: list[list[int]], drift: int) -> tuple[Batch, dict]:
+    """Channels of one group and profile reporting every 10 s: a shared signal, an offset per
+    channel, noise, and channel 0 drifting by ``drift``/8 per reading (values in 1/8 steps)."""
+    reg = Registry(SETTINGS.channels)
+    km = {reg.channel(f"st{i}", "pm25", "air", "g"): ("air", "pm25") for i in range(len(offsets))}
+    idx, ts, val = [], [], []
+    for j, row in enumerate(noise):
+        shared = 8 * (j % 17)
+        for c, off in enumerate(offsets):
+            idx.append(c)
+            ts.append(T0 + j * 10_000 + c)
+            val.append((shared + off + row[c % len(row)] + (drift * j if c == 0 else 0)) / 8)
+    b = Batch(np.array(idx, np.int32), np.array(ts, np.int64), np.array(val, np.float64))
+    return b, km
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(-40, 40), min_size=3, max_size=7),
+    st.lists(st.lists(st.integers(-4, 4), min_size=7, max_size=7), min_size=30, max_size=150),
+    st.integers(0, 3),
+    st.lists(st.integers(0, 600), max_size=8),
+)
+def test_neighbour_rule_matches_reference(offsets, noise, drift, cuts):
+    batch, km = _group_feed(offsets, noise, drift)
+    reg = Registry(SETTINGS.channels)
+    for i in range(len(offsets)):
+        reg.channel(f"st{i}", "pm25", "air", "g")
+    events, _, _ = run(
+        Detector(SETTINGS, reg, Counters()), batch, [c for c in cuts if c < len(batch)]
+    )
+    ref = Reference(SETTINGS, km)
+    ref.run(list(zip(batch.idx.tolist(), batch.ts_ms.tolist(), batch.value.tolist(), strict=True)))
+    ref.finish()
+    assert_events_equal(events, ref.events)
+
+
+def test_neighbour_rule_fires_on_the_drifting_channel_only():
+    """Default neighbour settings, one-minute intervals: five stations share a signal; from
+    the 100th minute one drifts away by 1/80 of a unit per reading, 40x slower than the noise."""
+    s = from_dict(
+        {"snapshots": {"interval_s": 60, "grace_s": 10}, "rules": {"neighbour": {"enabled": True}}}
+    )
+    rng = np.random.default_rng(5)
+    noise = rng.integers(-4, 5, (1200, 7)).tolist()
+    batch, _ = _group_feed([0, 10, -10, 20, -20], noise, 0)
+    ramp = np.maximum(np.arange(len(batch)) // 5 - 600, 0) / 80
+    value = batch.value + np.where(batch.idx == 0, ramp, 0.0)
+    reg = Registry(s.channels)
+    for i in range(5):
+        reg.channel(f"st{i}", "pm25", "air", "g")
+    det = Detector(s, reg, Counters())
+    events, _, _ = run(det, Batch(batch.idx, batch.ts_ms, value), [])
+    opened = [(e[0], e[3]) for e in events if e[1] == 4 and e[2] == 1]
+    assert [c for c, _ in opened] == [0]
+    assert opened[0][1] > T0 + 600 * 10_000  # after the drift began

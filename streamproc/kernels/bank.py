@@ -29,6 +29,7 @@ from streamproc.kernels.rules import (
     N_RULES,
     R_DROPOUT,
     R_FLATLINE,
+    R_NEIGHBOUR,
     R_THRESHOLD,
     R_ZSCORE,
     SEV_CRITICAL,
@@ -62,8 +63,19 @@ NEVER = np.iinfo(np.int64).min
     P_DO_ON,
     P_DO_FACTOR,
     P_DO_MIN_GAP_MS,
-) = range(20)
-N_PARAMS = 20
+    P_NB_ON,
+    P_NB_MIN_NB,
+    P_NB_ALPHA,
+    P_NB_K,
+    P_NB_H,
+    P_NB_CLOSE,
+    P_NB_CRIT,
+    P_NB_Z_OPEN,
+    P_NB_CLIP,
+    P_NB_MIN_N,
+    P_NB_MIN_STD,
+) = range(31)
+N_PARAMS = 31
 
 # scalar settings (one vector for all channels)
 G_HOLD_MS, G_FLAP_WINDOW_MS, G_FLAP_MAX, G_FLAP_HOLD_MS, G_INTERVAL_MS = range(5)
@@ -347,6 +359,62 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
                        c, R_DROPOUT, EV_OPEN, now_ms, now_ms, gap / 1000.0, DROPOUT_SCORE,
                        SEV_WARNING)  # fmt: skip
     return n_channels, ne
+
+
+@kernel
+def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
+                   nb_n, nb_base, nb_dev, nb_pos, nb_neg,
+                   st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                   ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                   start):  # fmt: skip
+    """The neighbour rule at the close of an interval ending at ``t``: channel ``rows[i]``
+    had mean ``value[i]``; its group had ``n_group[i]`` reporting channels and the common
+    level ``common[i]`` (see ``Detector._neighbours``). Rows ``start..``; returns (next row,
+    events written).
+
+    Each channel's offset from the common level is learnt (EWMA), and the spread of its
+    deviation from that offset (EWMA of the absolute deviation); the deviation in standard
+    deviations (1.2533 x the mean absolute deviation), clipped, feeds a two-sided CUSUM."""
+    cap = ev_ch.shape[0]
+    ne = 0
+    for i in range(start, rows.shape[0]):
+        if ne == cap:
+            return i, ne
+        c = rows[i]
+        p = prof[c]
+        if prm[p, P_NB_ON] <= 0 or n_group[i] < prm[p, P_NB_MIN_NB]:
+            continue
+        m = nb_n[c]
+        if m == 0:
+            nb_base[c] = value[i] - common[i]
+            nb_dev[c] = 0.0
+        else:
+            e = value[i] - nb_base[c] - common[i]
+            sd = max(1.2533 * nb_dev[c], prm[p, P_NB_MIN_STD])
+            clip = prm[p, P_NB_CLIP]
+            if m >= prm[p, P_NB_MIN_N] and sd > 0:
+                z = e / sd
+                u = min(max(z, -clip), clip)
+                nb_pos[c] = max(0.0, nb_pos[c] + u - prm[p, P_NB_K])
+                nb_neg[c] = max(0.0, nb_neg[c] - u - prm[p, P_NB_K])
+                stat = max(nb_pos[c], nb_neg[c])
+                big = abs(z) >= prm[p, P_NB_Z_OPEN]
+                sc = max(_ratio_score(stat / prm[p, P_NB_H]),
+                         _ratio_score(abs(z) / prm[p, P_NB_Z_OPEN]))  # fmt: skip
+                sev = SEV_CRITICAL if stat >= prm[p, P_NB_CRIT] else SEV_WARNING
+                ne = step_alert(c, R_NEIGHBOUR, t, big or stat >= prm[p, P_NB_H],
+                                big or stat >= prm[p, P_NB_CLOSE], sev, sc, value[i], 0, g,
+                                st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak,
+                                a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
+                                ev_score, ev_sev, ne)  # fmt: skip
+            if sd > 0:
+                e = min(max(e, -clip * sd), clip * sd)
+            a = max(prm[p, P_NB_ALPHA], 1.0 / (m + 1))
+            nb_base[c] += a * e
+            nb_dev[c] += a * (abs(e) - nb_dev[c])
+        if m < 2_000_000_000:
+            nb_n[c] = m + 1
+    return rows.shape[0], ne
 
 
 @kernel
