@@ -131,6 +131,10 @@ class FlatlineParams:
     min_readings: int = 12
     min_duration_s: float = 3600.0
     tolerance: float = 0.0
+    # A run must also be longer than chance makes likely on this channel: with p the share of
+    # its readings equal to the previous one (learnt outside runs), at least log(max_chance) /
+    # log(p) readings. Sensors of coarse resolution repeat values often; 0 turns this off.
+    max_chance: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -352,6 +356,8 @@ def _validate(s: Settings) -> None:
                 _check_positive(f"{key}.min_readings", p.min_readings)
                 _check_positive(f"{key}.min_duration_s", p.min_duration_s, strict=False)
                 _check_positive(f"{key}.tolerance", p.tolerance, strict=False)
+                if not 0 <= p.max_chance < 1:
+                    raise ConfigError(f"{key}.max_chance", "must be >= 0 and < 1")
             elif isinstance(p, NeighbourParams):
                 if p.min_neighbours < 3:
                     raise ConfigError(f"{key}.min_neighbours", "must be >= 3")

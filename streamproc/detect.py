@@ -68,6 +68,7 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "ival": (np.float64, (), 0.0),
         "flat_n": (np.int32, (), 0),
         "flat_t0": (np.int64, (), NEVER),
+        "flat_p": (np.float64, (), 0.0),
         "nb_n": (np.int32, (), 0),
         "nb_base": (np.float64, (), 0.0),
         "nb_dev": (np.float64, (), 0.0),
@@ -122,6 +123,7 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_FL_MIN_N] = fl.min_readings
         row[bank.P_FL_MIN_MS] = fl.min_duration_s * 1000
         row[bank.P_FL_TOL] = fl.tolerance
+        row[bank.P_FL_LOG_CHANCE] = np.log(fl.max_chance) if fl.max_chance > 0 else 0.0
         row[bank.P_DO_ON] = do.enabled
         row[bank.P_DO_FACTOR] = do.factor
         row[bank.P_DO_MIN_GAP_MS] = do.min_gap_s * 1000
@@ -246,7 +248,7 @@ class Detector:
                 batch.idx, batch.ts_ms, batch.value, a, b, late_before, scores,
                 self.registry.ch_profile, self.prm, self.g,
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
-                s["flat_n"], s["flat_t0"],
+                s["flat_n"], s["flat_t0"], s["flat_p"],
                 s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_opened"],
                 s["a_last_open"], s["a_peak"], s["a_score"],
                 s["agg_n"], s["agg_sum"], s["agg_min"], s["agg_max"], s["agg_last"],

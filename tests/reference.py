@@ -53,6 +53,7 @@ class Chan:
     ival: float = 0.0
     flat_n: int = 0
     flat_t0: int | None = None
+    flat_p: float = 0.0
     alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(5)})
     nb_n: int = 0
     nb_base: float = 0.0
@@ -107,13 +108,14 @@ class Reference:
             a.flap = min(a.flap + 1, 100) if flapping else 1
             a.last_open = t
             a.state, a.opened, a.since = "open", t, None
-            a.peak, a.score, a.sev = value, score, sev
+            # the kernel keeps the score as float32: ties against a later score follow that
+            a.peak, a.score, a.sev = value, f32(score), sev
             self.events.append((c, r, EV_OPEN, t, t, value, score, sev))
             return
         if hold:
             a.since = None
             if score > a.score:
-                a.score, a.peak = score, value
+                a.score, a.peak = f32(score), value
             if sev > a.sev:
                 a.sev = sev
                 self.events.append((c, r, EV_UPDATE, t, a.opened, a.peak, a.score, sev))
@@ -293,11 +295,16 @@ class Reference:
 
         fl = self.s.rules["flatline"].for_channel(kind, metric)
         if fl.enabled:
-            if w and abs(xv - w[-1]) <= fl.tolerance:
+            same = bool(w) and abs(xv - w[-1]) <= fl.tolerance
+            if same:
                 ch.flat_n += 1
             else:
                 ch.flat_n, ch.flat_t0 = 1, t
+            if w and ch.flat_n < fl.min_readings:
+                ch.flat_p += 0.01 * ((1.0 if same else 0.0) - ch.flat_p)
             trig = ch.flat_n >= fl.min_readings and t - ch.flat_t0 >= fl.min_duration_s * 1000
+            if trig and fl.max_chance > 0 and ch.flat_p > 0:
+                trig = ch.flat_n * math.log(ch.flat_p) <= math.log(fl.max_chance)
             sc = 0.75 if trig else 0.0
             score = max(score, sc)
             self.step(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0)

@@ -276,3 +276,28 @@ def test_neighbour_rule_fires_on_the_drifting_channel_only():
     opened = [(e[0], e[3]) for e in events if e[1] == 4 and e[2] == 1]
     assert [c for c, _ in opened] == [0]
     assert opened[0][1] > T0 + 600 * 10_000  # after the drift began
+
+
+def test_flatline_needs_a_run_longer_than_the_channel_repeats_by_chance():
+    """A coarse sensor repeats its value half of the time: a run of 15 is chance there (an
+    alert needs log(1e-6) / log(0.5) = 20), while a fine sensor's run of 15 is stuck."""
+    s = from_dict({"rules": {"flatline": {"min_duration_s": 0}}})
+    rng = np.random.default_rng(2)
+    coarse = np.cumsum(rng.integers(0, 2, 400) * rng.choice([-1, 1], 400)).astype(float)
+    fine = rng.normal(50, 1, 400)
+    for series in (coarse, fine):
+        series[300:314] = series[299]
+    coarse_long = coarse.copy()
+    coarse_long[300:340] = coarse_long[299]
+
+    def flat_opens(x: np.ndarray) -> list[int]:
+        reg = Registry(s.channels)
+        reg.channel("d", "pm25", "air", "g")
+        det = Detector(s, reg, Counters())
+        ts = T0 + np.arange(len(x), dtype=np.int64) * 60_000
+        events = run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+        return [int(np.searchsorted(ts, e[3])) for e in events if e[1] == 2 and e[2] == 1]
+
+    assert [i for i in flat_opens(coarse) if i >= 300] == []
+    assert flat_opens(fine) == [310]  # the 12th reading of the run from 299 (min_readings)
+    assert [i for i in flat_opens(coarse_long) if i >= 300] != []

@@ -63,6 +63,7 @@ NEVER = np.iinfo(np.int64).min
     P_DO_ON,
     P_DO_FACTOR,
     P_DO_MIN_GAP_MS,
+    P_FL_LOG_CHANCE,
     P_NB_ON,
     P_NB_MIN_NB,
     P_NB_ALPHA,
@@ -74,8 +75,8 @@ NEVER = np.iinfo(np.int64).min
     P_NB_CLIP,
     P_NB_MIN_N,
     P_NB_MIN_STD,
-) = range(31)
-N_PARAMS = 31
+) = range(32)
+N_PARAMS = 32
 
 # scalar settings (one vector for all channels)
 G_HOLD_MS, G_FLAP_WINDOW_MS, G_FLAP_MAX, G_FLAP_HOLD_MS, G_INTERVAL_MS = range(5)
@@ -85,6 +86,7 @@ N_GLOBALS = 5
 C_LATE, C_OUT_OF_ORDER = range(2)
 
 FLATLINE_SCORE = 0.75
+FLAT_P_ALPHA = 0.01  # EWMA weight of one reading in a channel's share of repeated values
 DROPOUT_SCORE = 0.75
 
 
@@ -171,7 +173,7 @@ def _ratio_score(q):
 @kernel
 def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      prof, prm, g,
-                     ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0,
+                     ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
                      st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
                      agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
@@ -270,15 +272,21 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                             a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                             ev_score, ev_sev, ne)  # fmt: skip
 
-        # flatline: the same value again and again
+        # flatline: the same value again and again, for longer than chance explains
         if prm[p, P_FL_ON] > 0:
             prev = np.float64(ring[c, (pos[c] - 1) % window])
-            if n > 0 and abs(xv - prev) <= prm[p, P_FL_TOL]:
+            same = n > 0 and abs(xv - prev) <= prm[p, P_FL_TOL]
+            if same:
                 flat_n[c] += 1
             else:
                 flat_n[c] = 1
                 flat_t0[c] = t
+            if n > 0 and flat_n[c] < prm[p, P_FL_MIN_N]:  # learn p outside (suspected) runs
+                flat_p[c] += FLAT_P_ALPHA * ((1.0 if same else 0.0) - flat_p[c])
             trig = flat_n[c] >= prm[p, P_FL_MIN_N] and t - flat_t0[c] >= prm[p, P_FL_MIN_MS]
+            log_chance = prm[p, P_FL_LOG_CHANCE]
+            if trig and log_chance < 0 and flat_p[c] > 0:
+                trig = flat_n[c] * np.log(flat_p[c]) <= log_chance
             sc = FLATLINE_SCORE if trig else 0.0
             score = max(score, sc)
             ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
