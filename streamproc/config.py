@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from streamproc.times import parse_rfc3339_ms
 from streamproc.topics import TopicPattern, valid_id
 
-RULE_NAMES = ("threshold", "zscore", "flatline", "dropout", "neighbour")
+RULE_NAMES = ("threshold", "zscore", "flatline", "dropout", "neighbour", "rate")
 
 
 class ConfigError(ValueError):
@@ -168,6 +168,19 @@ class NeighbourParams:
 
 
 @dataclass(frozen=True)
+class RateParams:
+    """Rate of change from the previous reading, in the metric's unit per second: sudden
+    transients such as a burst main's pressure drop. NaN (the default) disables a side."""
+
+    max_rise_per_s: float = float("nan")
+    max_fall_per_s: float = float("nan")
+    critical_factor: float = 3.0  # critical from this multiple of the limit
+    # readings closer together count as this far apart, so that the step noise of a fast
+    # logger does not read as a steep rate (a sudden change still does)
+    min_dt_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ThresholdParams:
     """Absolute limits with hysteresis; NaN (unset) disables a side."""
 
@@ -185,6 +198,7 @@ RULE_PARAMS: dict[str, type] = {
     "flatline": FlatlineParams,
     "dropout": DropoutParams,
     "neighbour": NeighbourParams,
+    "rate": RateParams,
 }
 
 
@@ -205,6 +219,9 @@ DEFAULT_THRESHOLDS: dict[str, ThresholdParams] = {
 # Applied under any [rules.NAME.overrides] of a file, key by key.
 DEFAULT_RULE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "zscore": {"traffic.flow": {"z_open": 8.0}},
+    # a burst main: pressure falls by a bar or more within minutes (0.002 bar/s = 0.6 bar in
+    # 5 min; the daily demand cycle moves it by about 1 bar over hours)
+    "rate": {"pipe.pressure": {"max_fall_per_s": 0.002}},
 }
 
 
@@ -371,6 +388,14 @@ def _validate(s: Settings) -> None:
                 _check_positive(f"{key}.clip", p.clip)
                 _check_positive(f"{key}.min_intervals", p.min_intervals)
                 _check_positive(f"{key}.min_std", p.min_std, strict=False)
+            elif isinstance(p, RateParams):
+                for side in ("max_rise_per_s", "max_fall_per_s"):
+                    v = getattr(p, side)
+                    if v == v:
+                        _check_positive(f"{key}.{side}", v)
+                if p.critical_factor < 1:
+                    raise ConfigError(f"{key}.critical_factor", "must be >= 1")
+                _check_positive(f"{key}.min_dt_s", p.min_dt_s)
             elif isinstance(p, DropoutParams):
                 _check_positive(f"{key}.factor", p.factor)
                 _check_positive(f"{key}.min_gap_s", p.min_gap_s, strict=False)

@@ -105,6 +105,7 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         fl = settings.rules["flatline"].for_channel(kind, metric)
         do = settings.rules["dropout"].for_channel(kind, metric)
         nb = settings.rules["neighbour"].for_channel(kind, metric)
+        rt = settings.rules["rate"].for_channel(kind, metric)
         row = prm[p]
         row[bank.P_TH_ABOVE] = th.above
         row[bank.P_TH_CRIT_ABOVE] = th.critical_above
@@ -127,6 +128,10 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_DO_ON] = do.enabled
         row[bank.P_DO_FACTOR] = do.factor
         row[bank.P_DO_MIN_GAP_MS] = do.min_gap_s * 1000
+        row[bank.P_RT_RISE] = rt.max_rise_per_s
+        row[bank.P_RT_FALL] = rt.max_fall_per_s
+        row[bank.P_RT_CRIT] = rt.critical_factor
+        row[bank.P_RT_MIN_DT_MS] = rt.min_dt_s * 1000
         row[bank.P_NB_ON] = nb.enabled
         row[bank.P_NB_MIN_NB] = nb.min_neighbours
         row[bank.P_NB_ALPHA] = nb.alpha

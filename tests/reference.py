@@ -19,6 +19,7 @@ from streamproc.kernels.rules import (
     R_DROPOUT,
     R_FLATLINE,
     R_NEIGHBOUR,
+    R_RATE,
     R_THRESHOLD,
     R_ZSCORE,
     SEV_CRITICAL,
@@ -54,7 +55,7 @@ class Chan:
     flat_n: int = 0
     flat_t0: int | None = None
     flat_p: float = 0.0
-    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(5)})
+    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(6)})
     nb_n: int = 0
     nb_base: float = 0.0
     nb_dev: float = 0.0
@@ -243,6 +244,7 @@ class Reference:
         if ch.last_ts is not None and t <= ch.last_ts:
             return math.nan
         kind, metric = self.km[c]
+        prev_ts = ch.last_ts
         if ch.last_ts is not None:
             dt = float(t - ch.last_ts)
             a = ch.alerts[R_DROPOUT]
@@ -308,6 +310,20 @@ class Reference:
             sc = 0.75 if trig else 0.0
             score = max(score, sc)
             self.step(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0)
+
+        rt = self.s.rules["rate"].for_channel(kind, metric)
+        if w and not (math.isnan(rt.max_rise_per_s) and math.isnan(rt.max_fall_per_s)):
+            assert prev_ts is not None
+            rate = (xv - w[-1]) / (max(float(t - prev_ts), rt.min_dt_s * 1000) / 1000.0)
+            q = 0.0
+            if rate > 0 and not math.isnan(rt.max_rise_per_s):
+                q = rate / rt.max_rise_per_s
+            elif rate < 0 and not math.isnan(rt.max_fall_per_s):
+                q = -rate / rt.max_fall_per_s
+            sc = ratio_score(q)
+            score = max(score, sc)
+            sev = SEV_CRITICAL if q >= rt.critical_factor else SEV_WARNING
+            self.step(c, R_RATE, t, q >= 1.0, q >= 1.0, sev, sc, x, 0)
 
         ch.window.append(xv)
         k = t // self.interval

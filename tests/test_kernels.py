@@ -36,6 +36,9 @@ SETTINGS = from_dict(
             },
             "flatline": {"min_readings": 3, "min_duration_s": 15},
             "dropout": {"factor": 3, "min_gap_s": 40},
+            "rate": {
+                "overrides": {"pipe.pressure": {"max_fall_per_s": 0.005, "max_rise_per_s": 0.01}}
+            },
             "neighbour": {
                 "enabled": True,
                 "min_neighbours": 3,
@@ -301,3 +304,28 @@ def test_flatline_needs_a_run_longer_than_the_channel_repeats_by_chance():
     assert [i for i in flat_opens(coarse) if i >= 300] == []
     assert flat_opens(fine) == [310]  # the 12th reading of the run from 299 (min_readings)
     assert [i for i in flat_opens(coarse_long) if i >= 300] != []
+
+
+def _default_rules(series: np.ndarray, step_ms: int, metric: str) -> list[tuple[int, int, int]]:
+    """(rule, event kind, reading index) of the alerts that default settings raise on one
+    pipe channel's series."""
+    s = from_dict({})
+    reg = Registry(s.channels)
+    reg.channel("d", metric, "pipe", "g")
+    det = Detector(s, reg, Counters())
+    ts = T0 + np.arange(len(series), dtype=np.int64) * step_ms
+    events = run(det, Batch(np.zeros(len(series), np.int32), ts, series), [])[0]
+    return [(e[1], e[2], int(np.searchsorted(ts, e[3]))) for e in events]
+
+
+def test_rate_rule_sees_a_burst_not_a_fast_loggers_noise():
+    rng = np.random.default_rng(4)
+    minute = 4.0 + rng.normal(0, 0.02, 200)  # one reading a minute
+    minute[120:] -= 1.5  # a burst main: 1.5 bar down in one minute
+    second = 4.0 + rng.normal(0, 0.01, 3000)  # one reading a second, 0.01 bar noise
+
+    def rate_events(x: np.ndarray, step_ms: int) -> list[tuple[int, int, int]]:
+        return [e for e in _default_rules(x, step_ms, "pressure") if e[0] == 5]
+
+    assert rate_events(minute, 60_000)[0] == (5, 1, 120)
+    assert rate_events(second, 1_000) == []

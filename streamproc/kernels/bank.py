@@ -9,7 +9,9 @@ Per reading (channel c, time t, value x), in this order:
    - threshold: x beyond an absolute limit, with hysteresis and a minimum duration;
    - zscore: the change x - previous against the mean and std of the changes in the last
      ``window`` values (spikes, dips, sudden steps; slow daily trends barely move it);
-   - flatline: x equal (within tolerance) to the previous value for N readings and T ms;
+   - flatline: x equal (within tolerance) to the previous value for N readings and T ms
+     (and for longer than the channel's own rate of repeats makes likely);
+   - rate: the change from the previous reading per second beyond a limit;
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
 State is struct-of-arrays indexed by channel (alert state by [channel, rule]); parameters
@@ -30,6 +32,7 @@ from streamproc.kernels.rules import (
     R_DROPOUT,
     R_FLATLINE,
     R_NEIGHBOUR,
+    R_RATE,
     R_THRESHOLD,
     R_ZSCORE,
     SEV_CRITICAL,
@@ -64,6 +67,10 @@ NEVER = np.iinfo(np.int64).min
     P_DO_FACTOR,
     P_DO_MIN_GAP_MS,
     P_FL_LOG_CHANCE,
+    P_RT_RISE,
+    P_RT_FALL,
+    P_RT_CRIT,
+    P_RT_MIN_DT_MS,
     P_NB_ON,
     P_NB_MIN_NB,
     P_NB_ALPHA,
@@ -75,8 +82,8 @@ NEVER = np.iinfo(np.int64).min
     P_NB_CLIP,
     P_NB_MIN_N,
     P_NB_MIN_STD,
-) = range(32)
-N_PARAMS = 32
+) = range(36)
+N_PARAMS = 36
 
 # scalar settings (one vector for all channels)
 G_HOLD_MS, G_FLAP_WINDOW_MS, G_FLAP_MAX, G_FLAP_HOLD_MS, G_INTERVAL_MS = range(5)
@@ -290,6 +297,25 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             sc = FLATLINE_SCORE if trig else 0.0
             score = max(score, sc)
             ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
+                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                            ne)  # fmt: skip
+
+        # rate of change from the previous reading (NaN limits: off)
+        rise = prm[p, P_RT_RISE]
+        fall = prm[p, P_RT_FALL]
+        if n > 0 and (rise == rise or fall == fall):
+            dt_s = max(float(t - prev_ts), prm[p, P_RT_MIN_DT_MS]) / 1000.0
+            rate = (xv - np.float64(ring[c, (pos[c] - 1) % window])) / dt_s
+            q = 0.0
+            if rate > 0 and rise == rise:
+                q = rate / rise
+            elif rate < 0 and fall == fall:
+                q = -rate / fall
+            sc = _ratio_score(q)
+            score = max(score, sc)
+            sev = SEV_CRITICAL if q >= prm[p, P_RT_CRIT] else SEV_WARNING
+            ne = step_alert(c, R_RATE, t, q >= 1.0, q >= 1.0, sev, sc, x, 0, g,
                             st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
