@@ -96,6 +96,8 @@ def _message(rule: str, event: str, names: dict[str, str], peak: float, sev: str
         detail = f"disagrees with its group, at {peak:.6g}"
     elif rule == "rate":
         detail = f"sudden change to {peak:.6g}"
+    elif rule == "hampel":
+        detail = f"isolated spike to {peak:.6g}"
     elif rule == "zscore":
         detail = f"unusual value {peak:.6g}"
     else:

@@ -106,6 +106,7 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         do = settings.rules["dropout"].for_channel(kind, metric)
         nb = settings.rules["neighbour"].for_channel(kind, metric)
         rt = settings.rules["rate"].for_channel(kind, metric)
+        hp = settings.rules["hampel"].for_channel(kind, metric)
         row = prm[p]
         row[bank.P_TH_ABOVE] = th.above
         row[bank.P_TH_CRIT_ABOVE] = th.critical_above
@@ -128,6 +129,12 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_DO_ON] = do.enabled
         row[bank.P_DO_FACTOR] = do.factor
         row[bank.P_DO_MIN_GAP_MS] = do.min_gap_s * 1000
+        row[bank.P_HP_ON] = hp.enabled
+        row[bank.P_HP_Z_OPEN] = hp.z_open
+        row[bank.P_HP_Z_CRIT] = hp.z_critical
+        row[bank.P_HP_BACK] = hp.back
+        row[bank.P_HP_MIN_N] = hp.min_readings
+        row[bank.P_HP_MIN_STD] = hp.min_std
         row[bank.P_RT_RISE] = rt.max_rise_per_s
         row[bank.P_RT_FALL] = rt.max_fall_per_s
         row[bank.P_RT_CRIT] = rt.critical_factor

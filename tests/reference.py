@@ -18,6 +18,7 @@ from streamproc.kernels.rules import (
     EV_UPDATE,
     R_DROPOUT,
     R_FLATLINE,
+    R_HAMPEL,
     R_NEIGHBOUR,
     R_RATE,
     R_THRESHOLD,
@@ -55,7 +56,7 @@ class Chan:
     flat_n: int = 0
     flat_t0: int | None = None
     flat_p: float = 0.0
-    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(6)})
+    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(7)})
     nb_n: int = 0
     nb_base: float = 0.0
     nb_dev: float = 0.0
@@ -310,6 +311,22 @@ class Reference:
             sc = 0.75 if trig else 0.0
             score = max(score, sc)
             self.step(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0)
+
+        hp = self.s.rules["hampel"].for_channel(kind, metric)
+        if hp.enabled and len(w) >= hp.min_readings:
+            jump = w[-1] - w[-2]
+            z = 0.0
+            if jump != 0 and (xv - w[-1]) * jump < 0 and abs(xv - w[-2]) <= hp.back * abs(jump):
+                changes = [b - a for a, b in itertools.pairwise(w)]
+                nd = len(changes)
+                med = sorted(changes)[nd // 2]
+                dev = [abs(d - med) for d in changes]
+                sd = max(1.4826 * sorted(dev)[nd // 2], 1.2533 * sum(dev) / nd, hp.min_std)
+                z = abs(jump - med) / sd if sd > 0 else 0.0
+            sc = ratio_score(z / hp.z_open)
+            score = max(score, sc)
+            sev = SEV_CRITICAL if z >= hp.z_critical else SEV_WARNING
+            self.step(c, R_HAMPEL, t, z >= hp.z_open, z >= hp.z_open, sev, sc, w[-1], 0)
 
         rt = self.s.rules["rate"].for_channel(kind, metric)
         if w and not (math.isnan(rt.max_rise_per_s) and math.isnan(rt.max_fall_per_s)):

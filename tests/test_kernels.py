@@ -36,6 +36,7 @@ SETTINGS = from_dict(
             },
             "flatline": {"min_readings": 3, "min_duration_s": 15},
             "dropout": {"factor": 3, "min_gap_s": 40},
+            "hampel": {"enabled": True, "z_open": 4, "z_critical": 8, "min_readings": 4},
             "rate": {
                 "overrides": {"pipe.pressure": {"max_fall_per_s": 0.005, "max_rise_per_s": 0.01}}
             },
@@ -188,12 +189,15 @@ def test_spike_opens_and_resolves_one_alert():
     n = 60
     ts = T0 + np.arange(n, dtype=np.int64) * 5_000
     v = np.tile([10.0, 11.0, 9.0, 10.5], n // 4)
-    v[30] = 30.0  # below the pm25 limit of 40: only the z-score sees it
+    v[30] = 30.0  # below the pm25 limit of 40: the threshold does not see it
     events = run(det, Batch(np.zeros(n, np.int32), ts, v), [])[0]
-    kinds = [(e[1], e[2], e[3]) for e in events]
+    kinds = [(e[1], e[2], e[3]) for e in events if e[1] == 1]
     # zscore opens at the spike; the fall back is still a jump (held open); clear from
     # reading 32 on, it resolves after hold_s = 20 s, at reading 36
     assert kinds == [(1, 1, ts[30]), (1, 3, ts[36])]
+    # hampel opens when reading 31 takes the jump back, with the spike's value as its peak
+    hampel = [(e[2], e[3], e[5]) for e in events if e[1] == 6]
+    assert hampel == [(1, ts[31], 30.0), (3, ts[36], 30.0)]
 
 
 def test_flapping_threshold_becomes_one_long_alert():

@@ -12,6 +12,8 @@ Per reading (channel c, time t, value x), in this order:
    - flatline: x equal (within tolerance) to the previous value for N readings and T ms
      (and for longer than the channel's own rate of repeats makes likely);
    - rate: the change from the previous reading per second beyond a limit;
+   - hampel: the previous reading jumped, robustly far from the window's changes (median and
+     MAD), and x takes the jump back (an isolated spike, reported one reading late);
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
 State is struct-of-arrays indexed by channel (alert state by [channel, rule]); parameters
@@ -31,6 +33,7 @@ from streamproc.kernels.rules import (
     N_RULES,
     R_DROPOUT,
     R_FLATLINE,
+    R_HAMPEL,
     R_NEIGHBOUR,
     R_RATE,
     R_THRESHOLD,
@@ -71,6 +74,12 @@ NEVER = np.iinfo(np.int64).min
     P_RT_FALL,
     P_RT_CRIT,
     P_RT_MIN_DT_MS,
+    P_HP_ON,
+    P_HP_Z_OPEN,
+    P_HP_Z_CRIT,
+    P_HP_BACK,
+    P_HP_MIN_N,
+    P_HP_MIN_STD,
     P_NB_ON,
     P_NB_MIN_NB,
     P_NB_ALPHA,
@@ -82,8 +91,8 @@ NEVER = np.iinfo(np.int64).min
     P_NB_CLIP,
     P_NB_MIN_N,
     P_NB_MIN_STD,
-) = range(36)
-N_PARAMS = 36
+) = range(42)
+N_PARAMS = 42
 
 # scalar settings (one vector for all channels)
 G_HOLD_MS, G_FLAP_WINDOW_MS, G_FLAP_MAX, G_FLAP_HOLD_MS, G_INTERVAL_MS = range(5)
@@ -178,6 +187,31 @@ def _ratio_score(q):
 
 
 @kernel
+def _kth(buf, n, k):
+    """The k-th smallest of buf[:n] (0-based), by selection; reorders buf[:n]."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return buf[k]
+    return buf[k]
+
+
+@kernel
 def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      prof, prm, g,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
@@ -191,6 +225,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
     drains the events and calls again from the returned position.
     """
     window = ring.shape[1]
+    buf = np.empty(window)
     interval_ms = np.int64(g[G_INTERVAL_MS])
     cap = ev_ch.shape[0]
     ne = 0
@@ -297,6 +332,39 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             sc = FLATLINE_SCORE if trig else 0.0
             score = max(score, sc)
             ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
+                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
+                            ne)  # fmt: skip
+
+        # hampel: the previous reading jumped (robustly far from the window's changes) and x
+        # takes the jump back
+        if prm[p, P_HP_ON] > 0 and n >= prm[p, P_HP_MIN_N]:
+            x1 = np.float64(ring[c, (pos[c] - 1) % window])
+            x2 = np.float64(ring[c, (pos[c] - 2) % window])
+            jump = x1 - x2
+            z = 0.0
+            back = abs(xv - x2) <= prm[p, P_HP_BACK] * abs(jump)
+            if jump != 0 and (xv - x1) * jump < 0 and back:
+                k0 = (pos[c] - n) % window  # the oldest value in the window
+                nd = n - 1
+                for j in range(nd):
+                    buf[j] = (np.float64(ring[c, (k0 + j + 1) % window])
+                              - np.float64(ring[c, (k0 + j) % window]))  # fmt: skip
+                med = _kth(buf, nd, nd // 2)
+                sum_ad = 0.0
+                for j in range(nd):  # in window order again (the selection reordered buf)
+                    d = (np.float64(ring[c, (k0 + j + 1) % window])
+                         - np.float64(ring[c, (k0 + j) % window]))  # fmt: skip
+                    buf[j] = abs(d - med)
+                    sum_ad += buf[j]
+                mad = _kth(buf, nd, nd // 2)
+                sd = max(1.4826 * mad, 1.2533 * sum_ad / nd, prm[p, P_HP_MIN_STD])
+                z = abs(jump - med) / sd if sd > 0 else 0.0
+            sc = _ratio_score(z / prm[p, P_HP_Z_OPEN])
+            score = max(score, sc)
+            trig = z >= prm[p, P_HP_Z_OPEN]
+            sev = SEV_CRITICAL if z >= prm[p, P_HP_Z_CRIT] else SEV_WARNING
+            ne = step_alert(c, R_HAMPEL, t, trig, trig, sev, sc, x1, 0, g,
                             st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
