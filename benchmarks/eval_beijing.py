@@ -46,7 +46,7 @@ import pyarrow.csv as pacsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.multichannel import Channel, datasets_dir, make_settings, run_frame
+from benchmarks.streaming import Channel, datasets_dir, make_settings, run_frame
 
 POLLUTANTS = (
     ("PM2.5", "pm25"),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -43,18 +42,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.nab_score import Corpus, DataFile, ProfileResult, load_corpus, score_corpus
-from benchmarks.streaming import eval_settings, score_series
+from benchmarks.streaming import datasets_dir, eval_settings, score_series
 from streamproc.config import Settings, load
 from streamproc.detect import warm_up
 
 ROOT = Path(__file__).resolve().parents[1]
 Detector = Callable[[DataFile, Settings], np.ndarray]
 TRAFFIC = "realTraffic"
-
-
-def datasets_dir(arg: str | None = None) -> Path:
-    """``arg``, else ``$STREAMPROC_DATASETS``, else ``../shared/datasets`` beside the repo."""
-    return Path(arg or os.environ.get("STREAMPROC_DATASETS") or ROOT.parent / "shared/datasets")
 
 
 class WindowedGaussian:

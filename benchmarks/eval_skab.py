@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.multichannel import Channel, datasets_dir, make_settings, metric_name, run_frame
+from benchmarks.streaming import Channel, datasets_dir, make_settings, metric_name, run_frame
 from streamproc.alerts import Alert
 from streamproc.config import Settings
 

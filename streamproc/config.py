@@ -17,8 +17,6 @@ from urllib.parse import urlsplit
 from streamproc.times import parse_rfc3339_ms
 from streamproc.topics import TopicPattern, valid_id
 
-RULE_NAMES = ("threshold", "zscore", "flatline", "dropout", "neighbour", "rate", "hampel")
-
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
@@ -146,11 +144,12 @@ class DropoutParams:
 
 @dataclass(frozen=True)
 class NeighbourParams:
-    """A channel against the median of its group (same group and metric) per snapshot
-    interval: its offset from that median is learnt (EWMA), and a two-sided CUSUM of the
-    deviation from the learnt offset, in learnt standard deviations, finds drift; one large
-    deviation (z_open) finds a broken reading. What the whole group does moves the median,
-    so a city-wide episode is not a disagreement. Off by default: with these settings it
+    """A channel against its group (same group, kind and metric) per snapshot interval: its
+    offset from the group's common level (the median of the members' offset-corrected means)
+    is learnt (EWMA), and a two-sided CUSUM of the deviation from that offset, in learnt
+    standard deviations, finds drift; one large deviation (z_open) finds a broken reading.
+    What the whole group does moves the common level, so a city-wide episode is not a
+    disagreement. Off by default: with these settings it
     raises far too many false alerts on real data (6.4 per station-week on Beijing) because
     a station's deviation from its neighbours persists for hours; see benchmarks/RESULTS.md."""
 

@@ -329,10 +329,12 @@ class Detector:
         channels' means less their learnt offsets (so that a station that always reads higher
         does not move it when another one drifts past it), or of the plain means while no
         channel of the group is known yet."""
+        if not (self.prm[:, bank.P_NB_ON] > 0).any():
+            return
         s, reg = self.state, self.registry
         sl = k & 1
         rows = np.flatnonzero(s["agg_n"][: reg.n, sl] > 0).astype(np.int32)
-        if len(rows) == 0 or not (self.prm[:, bank.P_NB_ON] > 0).any():
+        if len(rows) == 0:
             return
         value = s["agg_sum"][rows, sl] / s["agg_n"][rows, sl]
         key = reg.ch_group[rows].astype(np.int64) * len(reg.profiles) + reg.ch_profile[rows]

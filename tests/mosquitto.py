@@ -158,7 +158,37 @@ def make_certs(folder: Path) -> Certs:
 # --- mosquitto ----------------------------------------------------------------------------------
 
 
-class Broker:
+class _Server:
+    """A server process the tests start: a context manager that always ends it."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._end()
+
+    def __del__(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class Broker(_Server):
     """A mosquitto broker on 127.0.0.1:<free port>, configured and logging in `workdir`.
 
     Persistence is on (the database is written on stop), so persistent sessions and their
@@ -267,6 +297,8 @@ class Broker:
         """SIGKILL: nothing is written since the last save."""
         _terminate(self._proc, signal.SIGKILL)
 
+    _end = kill  # leaving the context: SIGKILL, the test is over
+
     def restart(self) -> None:
         """Stop (if running) and start again on the same port."""
         self.stop()
@@ -277,31 +309,13 @@ class Broker:
         parts = [_tail(self.output_path, 10_000), _tail(self.log_path, 10_000)]
         return "\n".join(p for p in parts if p)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.kill()
-
-    def __del__(self) -> None:
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
 
 # --- Prometheus ---------------------------------------------------------------------------------
 
 Sample = tuple[dict[str, str], float]
 
 
-class Prometheus:
+class Prometheus(_Server):
     """A Prometheus server on 127.0.0.1:<free port> scraping `targets` ("host:port").
 
     The first scrape comes about 5 s after start: Prometheus hands new targets to its scrape
@@ -379,6 +393,8 @@ class Prometheus:
     def stop(self) -> None:
         _terminate(self._proc, signal.SIGTERM)
 
+    _end = stop
+
     def query(self, expr: str) -> list[Sample]:
         """Instant query: (labels, value) of each series in the result."""
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
@@ -413,21 +429,3 @@ class Prometheus:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{expr!r}: last result {last}")
             time.sleep(min(0.2, self.scrape_interval / 4))
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __del__(self) -> None:
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import eval_beijing as bj
 from benchmarks import eval_skab as sk
-from benchmarks.multichannel import Channel, datasets_dir, make_settings, run_frame
+from benchmarks.streaming import Channel, datasets_dir, make_settings, run_frame
 
 H = bj.HOUR_MS
 

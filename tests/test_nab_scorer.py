@@ -7,7 +7,6 @@ read ``nab/`` from the datasets folder and skip when it is absent.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from benchmarks.nab_score import (
     score_corpus,
     threshold_curve,
 )
-from benchmarks.streaming import eval_settings, run_channels, strictly_increasing
+from benchmarks.streaming import datasets_dir, eval_settings, run_channels, strictly_increasing
 
 ROOT = Path(__file__).resolve().parents[1]
 STD = PROFILES["standard"]
@@ -245,7 +244,7 @@ def test_every_reading_is_scored_despite_repeats_and_gaps() -> None:
 
 @pytest.fixture(scope="module")
 def corpus() -> Corpus:
-    nab = Path(os.environ.get("STREAMPROC_DATASETS") or ROOT.parent / "shared/datasets") / "nab"
+    nab = datasets_dir() / "nab"
     if not (nab / "labels" / "combined_windows.json").is_file():
         pytest.skip(f"NAB corpus not found in {nab} (set STREAMPROC_DATASETS)")
     return load_corpus(nab)
