@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from streamproc.alerts import Alert
+from streamproc.detect import SEASON_SPEC
 from streamproc.kernels.rules import RULES
 from streamproc.pipeline import Pipeline
 from streamproc.sinks.jsonl import FILE_MODE, make_dirs
 
-FORMAT = 1
+FORMAT = 2
 log = logging.getLogger("streamproc")
 
 
@@ -43,7 +44,9 @@ def _compat(p: Pipeline) -> dict[str, object]:
         "window": d.window,
         "tick_ms": d.tick_ms,
         "interval_ms": d.interval_ms,
-        "state": {k: [np.dtype(t).str, list(shape)] for k, (t, shape, _) in d.spec.items()},
+        "state": {
+            k: [np.dtype(t).str, list(shape)] for k, (t, shape, _) in (d.spec | SEASON_SPEC).items()
+        },
     }
 
 
@@ -81,6 +84,7 @@ class Checkpointer:
             "interval_alerts": [dataclasses.astuple(a) for a in p.unwritten_alerts],
         }
         arrays = {f"state.{k}": v[:n].copy() for k, v in d.state.items()}
+        arrays |= {f"state.{k}": v[: d.season_rows].copy() for k, v in d.season.items()}
         arrays["counts"] = d.counts.copy()
         arrays["names"] = np.frombuffer(bytes(self._names), np.uint8)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
@@ -106,7 +110,9 @@ class Checkpointer:
 
 
 def save(p: Pipeline, path: Path) -> int:
-    """Write the pipeline's state to ``path`` at once (between batches); the size in bytes."""
+    """Write the pipeline's state to ``path`` at once (between batches), after the interval
+    files it counts as written; the size in bytes."""
+    p.drain()
     c = Checkpointer(p, path)
     return c.write(c.take())
 
@@ -148,6 +154,9 @@ def _load(p: Pipeline, path: Path) -> None:
         d._sync()
         for name in d.spec:
             d.state[name][: reg.n] = z[f"state.{name}"]
+        d.season = {name: z[f"state.{name}"].copy() for name in SEASON_SPEC}
+        d.season_rows = len(d.season["se_z"])
+        d.assign_seasonal()  # channels whose profile enabled the rule since the checkpoint
         d.counts[:] = z["counts"]
     d.wm, d.next_tick, d.open_k = meta["wm"], meta["next_tick"], meta["open_k"]
     open_alerts = [Alert(*a) for a in meta["open_alerts"]]

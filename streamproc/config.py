@@ -197,6 +197,49 @@ class HampelParams:
 
 
 @dataclass(frozen=True)
+class CusumParams:
+    """Level shifts and slow drift: each value against the channel's learnt level (an EWMA),
+    in learnt standard deviations (1.2533 x the EWMA of the absolute deviation), clipped, is
+    summed on each side (two-sided CUSUM with allowance k). The level keeps learning, so after
+    a shift the sums fall back and the alert resolves once the new level is the normal one.
+    Off by default: series that wander (random-walk-like, daily cycles) keep their values on
+    one side of any slow level for hours; see benchmarks/RESULTS.md for where it helps."""
+
+    enabled: bool = False
+    alpha: float = 0.01  # EWMA weight of one reading in the level and the spread
+    # allowance, in standard deviations; under 0.8, since on a steady ramp the level lags
+    # and the learnt spread grows with the lag, so that a drift's z-score tends to 0.8
+    k: float = 0.5
+    h: float = 32.0  # opens when a side's sum reaches h ...
+    h_close: float = 8.0  # ... and stays open while it is >= h_close
+    h_critical: float = 96.0
+    clip: float = 4.0  # deviations are clipped to +-clip std in the sums and the level
+    min_readings: int = 64  # readings learnt before the rule can fire
+    min_std: float = 0.0  # floor under the learnt standard deviation, in the metric's unit
+
+
+@dataclass(frozen=True)
+class SeasonalParams:
+    """Time-of-day profile per channel: for each hour of a weekday and of a weekend day, the
+    usual level and spread (EWMAs learnt online; a reading weighs its share of the hour, so
+    ``alpha`` is the weight of one day). A reading's z-score against its hour, clipped and
+    smoothed over readings, opens an alert: congestion at 3 a.m. is unusual even though the
+    same flow at 8 a.m. is not. Needs ``min_hours`` of readings in an hour's bin (days of
+    history) before it fires. Costs 580 bytes per channel that enables it; off by default."""
+
+    enabled: bool = False
+    utc_offset_h: float = 0.0  # local time = UTC + offset (no daylight-saving changes)
+    alpha: float = 0.1  # EWMA weight of one day's readings in an hour's bin
+    smooth: float = 0.2  # EWMA weight of one reading in the smoothed z-score
+    z_open: float = 4.0
+    z_close: float = 2.0
+    z_critical: float = 7.0
+    clip: float = 8.0  # z-scores are clipped to +-clip (and deviations learnt to +-clip std)
+    min_hours: float = 3.0  # hours of readings in a bin before it is used
+    min_std: float = 0.0  # floor under the learnt standard deviation, in the metric's unit
+
+
+@dataclass(frozen=True)
 class ThresholdParams:
     """Absolute limits with hysteresis; NaN (unset) disables a side."""
 
@@ -216,6 +259,8 @@ RULE_PARAMS: dict[str, type] = {
     "neighbour": NeighbourParams,
     "rate": RateParams,
     "hampel": HampelParams,
+    "cusum": CusumParams,
+    "seasonal": SeasonalParams,
 }
 
 
@@ -413,6 +458,27 @@ def _validate(s: Settings) -> None:
                     raise ConfigError(f"{key}.back", "must be >= 0 and < 1")
                 if not 3 <= p.min_readings <= s.detect.window:
                     raise ConfigError(f"{key}.min_readings", "must be between 3 and detect.window")
+                _check_positive(f"{key}.min_std", p.min_std, strict=False)
+            elif isinstance(p, CusumParams):
+                if not 0 < p.alpha <= 1:
+                    raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
+                _check_positive(f"{key}.k", p.k, strict=False)
+                if not 0 <= p.h_close <= p.h <= p.h_critical:
+                    raise ConfigError(key, "needs 0 <= h_close <= h <= h_critical")
+                _check_positive(f"{key}.h", p.h)
+                _check_positive(f"{key}.clip", p.clip)
+                _check_positive(f"{key}.min_readings", p.min_readings)
+                _check_positive(f"{key}.min_std", p.min_std, strict=False)
+            elif isinstance(p, SeasonalParams):
+                if not -14 <= p.utc_offset_h <= 14:
+                    raise ConfigError(f"{key}.utc_offset_h", "must be between -14 and 14")
+                for name in ("alpha", "smooth"):
+                    if not 0 < getattr(p, name) <= 1:
+                        raise ConfigError(f"{key}.{name}", "must be > 0 and <= 1")
+                if not 0 <= p.z_close <= p.z_open <= p.z_critical <= p.clip:
+                    raise ConfigError(key, "needs 0 <= z_close <= z_open <= z_critical <= clip")
+                _check_positive(f"{key}.z_open", p.z_open)
+                _check_positive(f"{key}.min_hours", p.min_hours, strict=False)
                 _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, RateParams):
                 for side in ("max_rise_per_s", "max_fall_per_s"):

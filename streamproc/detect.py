@@ -74,6 +74,12 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "nb_dev": (np.float64, (), 0.0),
         "nb_pos": (np.float64, (), 0.0),
         "nb_neg": (np.float64, (), 0.0),
+        "cu_n": (np.int32, (), 0),
+        "cu_base": (np.float64, (), 0.0),
+        "cu_dev": (np.float64, (), 0.0),
+        "cu_pos": (np.float64, (), 0.0),
+        "cu_neg": (np.float64, (), 0.0),
+        "se_row": (np.int32, (), -1),
         "st": (np.int8, (N_RULES,), 0),
         "a_sev": (np.int8, (N_RULES,), 0),
         "a_flap": (np.int8, (N_RULES,), 0),
@@ -92,6 +98,14 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
     }
 
 
+# the seasonal profiles: one row per channel that enables the rule (``se_row``)
+SEASON_SPEC: dict[str, tuple[type, tuple[int, ...], object]] = {
+    "se_mean": (np.float32, (bank.SEASON_BINS,), 0.0),
+    "se_dev": (np.float32, (bank.SEASON_BINS,), 0.0),
+    "se_w": (np.float32, (bank.SEASON_BINS,), 0.0),
+    "se_z": (np.float32, (), 0.0),
+}
+
 _AGG = ("agg_n", "agg_sum", "agg_min", "agg_max", "agg_last", "agg_last_ts", "agg_score")
 
 
@@ -107,6 +121,8 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         nb = settings.rules["neighbour"].for_channel(kind, metric)
         rt = settings.rules["rate"].for_channel(kind, metric)
         hp = settings.rules["hampel"].for_channel(kind, metric)
+        cu = settings.rules["cusum"].for_channel(kind, metric)
+        se = settings.rules["seasonal"].for_channel(kind, metric)
         row = prm[p]
         row[bank.P_TH_ABOVE] = th.above
         row[bank.P_TH_CRIT_ABOVE] = th.critical_above
@@ -141,16 +157,28 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_RT_MIN_DT_MS] = rt.min_dt_s * 1000
         row[bank.P_NB_ON] = nb.enabled
         row[bank.P_NB_MIN_NB] = nb.min_neighbours
-        row[bank.P_NB_ALPHA] = nb.alpha
-        row[bank.P_NB_K] = nb.k
-        row[bank.P_NB_H] = nb.h
-        row[bank.P_NB_CLOSE] = nb.h_close
-        row[bank.P_NB_CRIT] = nb.h_critical
         row[bank.P_NB_Z_OPEN] = nb.z_open
-        row[bank.P_NB_CLIP] = nb.clip
-        row[bank.P_NB_MIN_N] = nb.min_intervals
-        row[bank.P_NB_MIN_STD] = nb.min_std
+        _cusum_block(row, bank.P_NB, nb.alpha, nb.k, nb.h, nb.h_close, nb.h_critical, nb.clip,
+                     nb.min_intervals, nb.min_std)  # fmt: skip
+        row[bank.P_CU_ON] = cu.enabled
+        _cusum_block(row, bank.P_CU, cu.alpha, cu.k, cu.h, cu.h_close, cu.h_critical, cu.clip,
+                     cu.min_readings, cu.min_std)  # fmt: skip
+        row[bank.P_SE_ON] = se.enabled
+        row[bank.P_SE_OFFSET_MS] = round(se.utc_offset_h * 3_600_000)
+        row[bank.P_SE_ALPHA] = se.alpha
+        row[bank.P_SE_SMOOTH] = se.smooth
+        row[bank.P_SE_Z_OPEN] = se.z_open
+        row[bank.P_SE_Z_CLOSE] = se.z_close
+        row[bank.P_SE_Z_CRIT] = se.z_critical
+        row[bank.P_SE_CLIP] = se.clip
+        row[bank.P_SE_MIN_N] = se.min_hours
+        row[bank.P_SE_MIN_STD] = se.min_std
     return prm
+
+
+def _cusum_block(row: np.ndarray, o: int, *values: float) -> None:
+    """Fill a CUSUM block (alpha, k, h, h_close, h_critical, clip, min_n, min_std) from ``o``."""
+    row[o : o + len(values)] = values
 
 
 class Detector:
@@ -162,6 +190,9 @@ class Detector:
         self.state: dict[str, np.ndarray] = {}
         self.capacity = 0
         self._grow(1024)
+        self.season = _filled(SEASON_SPEC, 64)
+        self.season_rows = 0  # rows of the seasonal tables in use
+        self.n_synced = 0  # channels given their seasonal rows
         self.wm = NEVER  # watermark: largest accepted event time
         self.next_tick = NEVER  # next dropout sweep
         self.open_k: int | None = None  # oldest snapshot interval not yet written
@@ -195,28 +226,40 @@ class Detector:
         self.g[bank.G_INTERVAL_MS] = self.interval_ms
         self.prm = build_params(settings, self.registry)
         self.n_profiles = len(self.registry.profiles)
+        if self.capacity:
+            self.assign_seasonal()
 
     def _grow(self, need: int) -> None:
-        cap = max(self.capacity, 1024)
-        while cap < need:
-            cap *= 2
-        if cap == self.capacity:
-            return
-        for name, (dtype, shape, fill) in self.spec.items():
-            new: np.ndarray = np.full((cap, *shape), fill, dtype)
-            old = self.state.get(name)
-            if old is not None:
-                new[: len(old)] = old
-            self.state[name] = new
-        self.capacity = cap
+        cap = _doubled(self.capacity, need)
+        if cap != self.capacity:
+            self.state = _filled(self.spec, cap, self.state)
+            self.capacity = cap
 
     def _sync(self) -> None:
         """Make room for channels and profiles the registry learnt since the last batch."""
-        if self.registry.n > self.capacity:
-            self._grow(self.registry.n)
+        n = self.registry.n
+        if n > self.capacity:
+            self._grow(n)
         if len(self.registry.profiles) != self.n_profiles:
             self.prm = build_params(self.settings, self.registry)
             self.n_profiles = len(self.registry.profiles)
+        if n > self.n_synced:
+            self.assign_seasonal(self.n_synced)
+
+    def assign_seasonal(self, start: int = 0) -> None:
+        """Give a seasonal row to every channel from ``start`` whose profile enables the
+        seasonal rule and that has none yet."""
+        n = self.registry.n
+        se_row = self.state["se_row"]
+        on = self.prm[self.registry.ch_profile[start:n], bank.P_SE_ON] > 0
+        new = start + np.flatnonzero(on & (se_row[start:n] < 0))
+        if len(new):
+            need = self.season_rows + len(new)
+            self.season = _filled(SEASON_SPEC, _doubled(len(self.season["se_z"]), need),
+                                  self.season)  # fmt: skip
+            se_row[new] = np.arange(self.season_rows, need)
+            self.season_rows = need
+        self.n_synced = n
 
     # -- processing ---------------------------------------------------------------------
 
@@ -250,7 +293,7 @@ class Detector:
         return (self.open_k + 1) * self.interval_ms + self.grace_ms
 
     def _run(self, batch: Batch, a: int, b: int, scores: np.ndarray, outputs: list[Output]) -> None:
-        s = self.state
+        s, se = self.state, self.season
         ev = self.ev
         late_before = (self.open_k or 0) * self.interval_ms
         before = self.counts.copy()
@@ -261,6 +304,8 @@ class Detector:
                 self.registry.ch_profile, self.prm, self.g,
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
                 s["flat_n"], s["flat_t0"], s["flat_p"],
+                s["cu_n"], s["cu_base"], s["cu_dev"], s["cu_pos"], s["cu_neg"],
+                s["se_row"], se["se_mean"], se["se_dev"], se["se_w"], se["se_z"],
                 s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_opened"],
                 s["a_last_open"], s["a_peak"], s["a_score"],
                 s["agg_n"], s["agg_sum"], s["agg_min"], s["agg_max"], s["agg_last"],
@@ -399,6 +444,28 @@ class Detector:
             return []
         ks = range(self.open_k, self.wm // self.interval_ms + 1)
         return [c for c in map(self._aggregates, ks) if len(c.rows)]
+
+
+def _doubled(cap: int, need: int) -> int:
+    """``cap`` doubled (from at least 64) until it holds ``need``."""
+    cap = max(cap, 64)
+    while cap < need:
+        cap *= 2
+    return cap
+
+
+def _filled(
+    spec: dict[str, tuple[type, tuple[int, ...], object]],
+    rows: int,
+    old: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Arrays of ``spec`` with ``rows`` rows, filled, holding ``old``'s rows at the start."""
+    out: dict[str, np.ndarray] = {}
+    for name, (dtype, shape, fill) in spec.items():
+        out[name] = np.full((rows, *shape), fill, dtype)
+        if old:
+            out[name][: len(old[name])] = old[name]
+    return out
 
 
 def _group_medians(gid: np.ndarray, value: np.ndarray, n_groups: int) -> np.ndarray:

@@ -16,13 +16,16 @@ from streamproc.kernels.rules import (
     EV_OPEN,
     EV_RESOLVE,
     EV_UPDATE,
+    R_CUSUM,
     R_DROPOUT,
     R_FLATLINE,
     R_HAMPEL,
     R_NEIGHBOUR,
     R_RATE,
+    R_SEASONAL,
     R_THRESHOLD,
     R_ZSCORE,
+    RULES,
     SEV_CRITICAL,
     SEV_WARNING,
 )
@@ -56,12 +59,22 @@ class Chan:
     flat_n: int = 0
     flat_t0: int | None = None
     flat_p: float = 0.0
-    alerts: dict[int, Alert] = field(default_factory=lambda: {r: Alert() for r in range(7)})
+    alerts: dict[int, Alert] = field(
+        default_factory=lambda: {r: Alert() for r in range(len(RULES))}
+    )
     nb_n: int = 0
     nb_base: float = 0.0
     nb_dev: float = 0.0
     nb_pos: float = 0.0
     nb_neg: float = 0.0
+    cu_n: int = 0
+    cu_base: float = 0.0
+    cu_dev: float = 0.0
+    cu_pos: float = 0.0
+    cu_neg: float = 0.0
+    # seasonal: bin -> [mean, dev, weight] (stored as float32), smoothed z (float32)
+    season: dict[int, list[float]] = field(default_factory=dict)
+    se_z: float = 0.0
     agg: dict[int, list[float]] = field(default_factory=dict)  # interval -> values
     agg_last_ts: dict[int, int] = field(default_factory=dict)
     agg_score: dict[int, float] = field(default_factory=dict)
@@ -341,6 +354,52 @@ class Reference:
             score = max(score, sc)
             sev = SEV_CRITICAL if q >= rt.critical_factor else SEV_WARNING
             self.step(c, R_RATE, t, q >= 1.0, q >= 1.0, sev, sc, x, 0)
+
+        cu = self.s.rules["cusum"].for_channel(kind, metric)
+        if cu.enabled:
+            if ch.cu_n == 0:
+                ch.cu_base, ch.cu_dev = xv, 0.0
+            else:
+                e = xv - ch.cu_base
+                sd = max(1.2533 * ch.cu_dev, cu.min_std)
+                if ch.cu_n >= cu.min_readings and sd > 0:
+                    u = min(max(e / sd, -cu.clip), cu.clip)
+                    ch.cu_pos = max(0.0, ch.cu_pos + u - cu.k)
+                    ch.cu_neg = max(0.0, ch.cu_neg - u - cu.k)
+                    stat = max(ch.cu_pos, ch.cu_neg)
+                    sc = ratio_score(stat / cu.h)
+                    score = max(score, sc)
+                    sev = SEV_CRITICAL if stat >= cu.h_critical else SEV_WARNING
+                    self.step(c, R_CUSUM, t, stat >= cu.h, stat >= cu.h_close, sev, sc, x, 0)
+                if sd > 0:
+                    e = min(max(e, -cu.clip * sd), cu.clip * sd)
+                a = max(cu.alpha, 1.0 / (ch.cu_n + 1))
+                ch.cu_base += a * e
+                ch.cu_dev += a * (abs(e) - ch.cu_dev)
+            ch.cu_n += 1
+
+        se = self.s.rules["seasonal"].for_channel(kind, metric)
+        if se.enabled:
+            local = t + round(se.utc_offset_h * 3_600_000)
+            weekend = (local // 86_400_000 + 3) % 7 >= 5  # 1970-01-01 was a Thursday
+            b = local % 86_400_000 // 3_600_000 + (24 if weekend else 0)
+            mean, dev, w = ch.season.get(b, (0.0, 0.0, 0.0))
+            sd = max(1.2533 * dev, se.min_std)
+            e = xv - mean
+            if w >= se.min_hours and sd > 0:
+                zc = min(max(e / sd, -se.clip), se.clip)
+                ch.se_z = f32(ch.se_z + se.smooth * (zc - ch.se_z))
+                az = abs(ch.se_z)
+                sc = ratio_score(az / se.z_open)
+                score = max(score, sc)
+                sev = SEV_CRITICAL if az >= se.z_critical else SEV_WARNING
+                self.step(c, R_SEASONAL, t, az >= se.z_open, az >= se.z_close, sev, sc, x, 0)
+            f = min(ch.ival / 3_600_000, 1.0)  # the reading's share of the hour
+            if f > 0:
+                if w > 0 and sd > 0:
+                    e = min(max(e, -se.clip * sd), se.clip * sd)
+                a = max(se.alpha * f, f / (w + f))
+                ch.season[b] = [f32(mean + a * e), f32(dev + a * (abs(e) - dev)), f32(w + f)]
 
         ch.window.append(xv)
         k = t // self.interval

@@ -15,6 +15,7 @@ from streamproc.batch import Batch
 from streamproc.config import from_dict
 from streamproc.counters import Counters
 from streamproc.detect import Detector, IntervalClosed
+from streamproc.kernels.rules import EV_OPEN, RULES
 from streamproc.registry import Registry
 from tests.reference import Reference
 
@@ -39,6 +40,29 @@ SETTINGS = from_dict(
             "hampel": {"enabled": True, "z_open": 4, "z_critical": 8, "min_readings": 4},
             "rate": {
                 "overrides": {"pipe.pressure": {"max_fall_per_s": 0.005, "max_rise_per_s": 0.01}}
+            },
+            "cusum": {
+                "enabled": True,
+                "alpha": 0.3,
+                "k": 0.25,
+                "h": 2,
+                "h_close": 0.5,
+                "h_critical": 4,
+                "clip": 3,
+                "min_readings": 4,
+                "overrides": {"traffic.flow": {"enabled": False}},
+            },
+            "seasonal": {
+                "enabled": True,
+                "utc_offset_h": -1,  # T0 is a Monday 00:00 UTC: a Sunday at first, locally
+                "alpha": 0.5,
+                "min_hours": 0.005,
+                "smooth": 0.6,
+                "z_open": 1.5,
+                "z_close": 0.75,
+                "z_critical": 3,
+                "clip": 4,
+                "overrides": {"air.pm25": {"enabled": False}},
             },
             "neighbour": {
                 "enabled": True,
@@ -333,3 +357,62 @@ def test_rate_rule_sees_a_burst_not_a_fast_loggers_noise():
 
     assert rate_events(minute, 60_000)[0] == (5, 1, 120)
     assert rate_events(second, 1_000) == []
+
+
+def _rule_events(
+    overrides: dict, kind: str, metric: str, ts: np.ndarray, x: np.ndarray, rule: str
+) -> list[tuple[int, int]]:
+    """(event kind, reading index) of ``rule``'s alerts on one channel under default settings
+    with ``overrides``."""
+    s = from_dict(overrides)
+    reg = Registry(s.channels)
+    reg.channel("d", metric, kind, "g")
+    det = Detector(s, reg, Counters())
+    events = run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+    r = RULES.index(rule)
+    return [(e[2], int(np.searchsorted(ts, e[3]))) for e in events if e[1] == r]
+
+
+def test_cusum_finds_a_level_shift_and_a_slow_drift_but_not_noise():
+    rng = np.random.default_rng(5)
+    n = 4000
+    ts = T0 + np.arange(n, dtype=np.int64) * 60_000
+    ar = np.zeros(n)  # autocorrelated noise (AR(1), phi 0.5), unit spread
+    e = rng.normal(0, np.sqrt(1 - 0.25), n)
+    for i in range(1, n):
+        ar[i] = 0.5 * ar[i - 1] + e[i]
+    on = {"rules": {"cusum": {"enabled": True}}}
+    assert _rule_events(on, "pipe", "pressure", ts, 10 + ar, "cusum") == []
+    shift = 10 + ar
+    shift[2000:] += 3.0
+    opens = [i for kind, i in _rule_events(on, "pipe", "pressure", ts, shift, "cusum")
+             if kind == EV_OPEN]  # fmt: skip
+    assert len(opens) == 1 and 2000 <= opens[0] < 2020
+    drift = 10 + ar + np.maximum(0, np.arange(n) - 2000) * 0.01  # 1 std in 100 readings
+    events = _rule_events(on, "pipe", "pressure", ts, drift, "cusum")
+    assert events and events[0][0] == EV_OPEN and 2000 < events[0][1] < 2400
+    off = _rule_events({}, "pipe", "pressure", ts, shift, "cusum")
+    assert off == []  # off by default
+
+
+def test_seasonal_rule_knows_rush_hour_from_congestion_at_night():
+    rng = np.random.default_rng(6)
+    step = 300_000  # five minutes, five weeks from a Monday 00:00
+    ts = T0 + np.arange(35 * 288, dtype=np.int64) * step
+    hour = (ts - T0) % 86_400_000 / 3_600_000
+    weekend = ((ts - T0) // 86_400_000) % 7 >= 5
+    weekday_flow = 50 + 400 * np.exp(-((hour - 8) ** 2) / 2) + 300 * np.exp(-((hour - 17.5) ** 2))
+    weekend_flow = 50 + 150 * np.exp(-((hour - 13) ** 2) / 8)
+    mean = np.where(weekend, weekend_flow, weekday_flow)
+    flow = mean + rng.normal(0, 1, len(ts)) * np.sqrt(mean)
+    week5 = 28 * 288
+    night = week5 + 2 * 288 + 3 * 12  # Wednesday 03:00: an hour of rush-hour flow
+    saturday = week5 + 5 * 288 + 8 * 12  # Saturday 08:00: a weekday's rush-hour flow
+    flow[night : night + 12] = 400
+    flow[saturday : saturday + 12] = 450
+    on = {"rules": {"seasonal": {"overrides": {"traffic.flow": {"enabled": True}}}}}
+    opens = [i for kind, i in _rule_events(on, "traffic", "flow", ts, flow, "seasonal")
+             if kind == EV_OPEN and i >= 14 * 288]  # fmt: skip
+    assert len(opens) == 2  # nothing else after two weeks of learning
+    assert night <= opens[0] <= night + 3 and saturday <= opens[1] <= saturday + 3
+    assert _rule_events({}, "traffic", "flow", ts, flow, "seasonal") == []  # off by default

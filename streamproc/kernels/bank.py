@@ -14,9 +14,14 @@ Per reading (channel c, time t, value x), in this order:
    - rate: the change from the previous reading per second beyond a limit;
    - hampel: the previous reading jumped, robustly far from the window's changes (median and
      MAD), and x takes the jump back (an isolated spike, reported one reading late);
+   - cusum: x against the channel's learnt level (EWMA), summed on each side (level shifts,
+     drift);
+   - seasonal: x against the learnt profile of its hour (weekday or weekend), smoothed;
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
-State is struct-of-arrays indexed by channel (alert state by [channel, rule]); parameters
+State is struct-of-arrays indexed by channel (alert state by [channel, rule]); the seasonal
+profiles are rows of their own tables, only for channels whose profile enables the rule
+(``se_row``, -1 for none). Parameters
 are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
 Every loop is O(1) per reading except the exact re-sum of the ring every ``window`` writes.
 """
@@ -31,11 +36,13 @@ from streamproc.kernels.rules import (
     EV_RESOLVE,
     EV_UPDATE,
     N_RULES,
+    R_CUSUM,
     R_DROPOUT,
     R_FLATLINE,
     R_HAMPEL,
     R_NEIGHBOUR,
     R_RATE,
+    R_SEASONAL,
     R_THRESHOLD,
     R_ZSCORE,
     SEV_CRITICAL,
@@ -82,17 +89,27 @@ NEVER = np.iinfo(np.int64).min
     P_HP_MIN_STD,
     P_NB_ON,
     P_NB_MIN_NB,
-    P_NB_ALPHA,
-    P_NB_K,
-    P_NB_H,
-    P_NB_CLOSE,
-    P_NB_CRIT,
     P_NB_Z_OPEN,
-    P_NB_CLIP,
-    P_NB_MIN_N,
-    P_NB_MIN_STD,
-) = range(42)
-N_PARAMS = 42
+    P_NB,  # first of the neighbour rule's CUSUM block (CS_* columns)
+) = range(35)
+P_CU_ON = P_NB + 8
+P_CU = P_CU_ON + 1  # first of the cusum rule's CUSUM block
+(
+    P_SE_ON,
+    P_SE_ALPHA,
+    P_SE_SMOOTH,
+    P_SE_Z_OPEN,
+    P_SE_Z_CLOSE,
+    P_SE_Z_CRIT,
+    P_SE_CLIP,
+    P_SE_MIN_N,
+    P_SE_MIN_STD,
+    P_SE_OFFSET_MS,
+) = range(P_CU + 8, P_CU + 18)
+N_PARAMS = P_CU + 18
+
+# a CUSUM block: offsets from its first column
+CS_ALPHA, CS_K, CS_H, CS_CLOSE, CS_CRIT, CS_CLIP, CS_MIN_N, CS_MIN_STD = range(8)
 
 # scalar settings (one vector for all channels)
 G_HOLD_MS, G_FLAP_WINDOW_MS, G_FLAP_MAX, G_FLAP_HOLD_MS, G_INTERVAL_MS = range(5)
@@ -104,6 +121,9 @@ C_LATE, C_OUT_OF_ORDER = range(2)
 FLATLINE_SCORE = 0.75
 FLAT_P_ALPHA = 0.01  # EWMA weight of one reading in a channel's share of repeated values
 DROPOUT_SCORE = 0.75
+SEASON_BINS = 48  # hour of day x (weekday, weekend)
+SEASON_BIN_MS = 3_600_000
+DAY_MS = 86_400_000
 
 
 @kernel
@@ -212,9 +232,37 @@ def _kth(buf, n, k):
 
 
 @kernel
+def _cusum(c, e, m, base, dev, pos, neg, prm, p, o):
+    """One step of a two-sided CUSUM against a learnt baseline (the CS_* columns from ``o``).
+
+    ``e`` is the new value less ``base[c]``, ``m`` how many values were learnt. From min_n
+    on, e in learnt standard deviations (1.2533 x the EWMA of |e|), clipped, moves the sums;
+    then the baseline and the spread learn e (clipped). Returns (z, stat); stat is -1 while
+    the rule is still learning."""
+    sd = max(1.2533 * dev[c], prm[p, o + CS_MIN_STD])
+    clip = prm[p, o + CS_CLIP]
+    z = 0.0
+    stat = -1.0
+    if m >= prm[p, o + CS_MIN_N] and sd > 0:
+        z = e / sd
+        u = min(max(z, -clip), clip)
+        pos[c] = max(0.0, pos[c] + u - prm[p, o + CS_K])
+        neg[c] = max(0.0, neg[c] - u - prm[p, o + CS_K])
+        stat = max(pos[c], neg[c])
+    if sd > 0:
+        e = min(max(e, -clip * sd), clip * sd)
+    a = max(prm[p, o + CS_ALPHA], 1.0 / (m + 1))
+    base[c] += a * e
+    dev[c] += a * (abs(e) - dev[c])
+    return z, stat
+
+
+@kernel
 def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      prof, prm, g,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
+                     cu_n, cu_base, cu_dev, cu_pos, cu_neg,
+                     se_row, se_mean, se_dev, se_w, se_z,
                      st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
                      agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
@@ -388,6 +436,66 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
+        # cusum: the value against its learnt level (EWMA), in learnt standard deviations,
+        # summed on each side (level shifts, slow drift)
+        if prm[p, P_CU_ON] > 0:
+            m = cu_n[c]
+            if m == 0:
+                cu_base[c] = xv
+                cu_dev[c] = 0.0
+            else:
+                z, stat = _cusum(c, xv - cu_base[c], m, cu_base, cu_dev, cu_pos, cu_neg,
+                                 prm, p, P_CU)  # fmt: skip
+                if stat >= 0:
+                    h = prm[p, P_CU + CS_H]
+                    sc = _ratio_score(stat / h)
+                    score = max(score, sc)
+                    sev = SEV_CRITICAL if stat >= prm[p, P_CU + CS_CRIT] else SEV_WARNING
+                    ne = step_alert(c, R_CUSUM, t, stat >= h, stat >= prm[p, P_CU + CS_CLOSE],
+                                    sev, sc, x, 0, g, st, a_sev, a_flap, a_since, a_opened,
+                                    a_last_open, a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts,
+                                    ev_opened, ev_peak, ev_score, ev_sev, ne)  # fmt: skip
+            if m < 2_000_000_000:
+                cu_n[c] = m + 1
+
+        # seasonal: the value against what this hour of a weekday (or weekend day) usually
+        # brings on this channel, learnt online; the z-score is smoothed over readings
+        r = se_row[c]
+        if r >= 0 and prm[p, P_SE_ON] > 0:
+            local = t + np.int64(prm[p, P_SE_OFFSET_MS])
+            sb = (local % DAY_MS) // SEASON_BIN_MS
+            if (local // DAY_MS + 3) % 7 >= 5:  # day 0 (1970-01-01) was a Thursday
+                sb += SEASON_BINS // 2
+            w = np.float64(se_w[r, sb])
+            mean = np.float64(se_mean[r, sb])
+            dv = np.float64(se_dev[r, sb])
+            sd = max(1.2533 * dv, prm[p, P_SE_MIN_STD])
+            e = xv - mean
+            clip = prm[p, P_SE_CLIP]
+            if w >= prm[p, P_SE_MIN_N] and sd > 0:
+                zc = min(max(e / sd, -clip), clip)
+                zs = np.float64(se_z[r])
+                zs += prm[p, P_SE_SMOOTH] * (zc - zs)
+                se_z[r] = zs
+                az = abs(np.float64(se_z[r]))
+                z_open = prm[p, P_SE_Z_OPEN]
+                sc = _ratio_score(az / z_open)
+                score = max(score, sc)
+                sev = SEV_CRITICAL if az >= prm[p, P_SE_Z_CRIT] else SEV_WARNING
+                ne = step_alert(c, R_SEASONAL, t, az >= z_open, az >= prm[p, P_SE_Z_CLOSE], sev,
+                                sc, x, 0, g, st, a_sev, a_flap, a_since, a_opened, a_last_open,
+                                a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened,
+                                ev_peak, ev_score, ev_sev, ne)  # fmt: skip
+            # a reading stands for its share of the hour (the channel's typical interval)
+            f = min(ival[c] / SEASON_BIN_MS, 1.0)
+            if f > 0:
+                if w > 0 and sd > 0:
+                    e = min(max(e, -clip * sd), clip * sd)
+                a = max(prm[p, P_SE_ALPHA] * f, f / (w + f))
+                se_mean[r, sb] = mean + a * e
+                se_dev[r, sb] = dv + a * (abs(e) - dv)
+                se_w[r, sb] = w + f
+
         # the window takes x; s1, s2 sum the changes between consecutive values in it
         k = pos[c]
         if n > 0:
@@ -491,29 +599,18 @@ def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
             nb_base[c] = value[i] - common[i]
             nb_dev[c] = 0.0
         else:
-            e = value[i] - nb_base[c] - common[i]
-            sd = max(1.2533 * nb_dev[c], prm[p, P_NB_MIN_STD])
-            clip = prm[p, P_NB_CLIP]
-            if m >= prm[p, P_NB_MIN_N] and sd > 0:
-                z = e / sd
-                u = min(max(z, -clip), clip)
-                nb_pos[c] = max(0.0, nb_pos[c] + u - prm[p, P_NB_K])
-                nb_neg[c] = max(0.0, nb_neg[c] - u - prm[p, P_NB_K])
-                stat = max(nb_pos[c], nb_neg[c])
+            z, stat = _cusum(c, value[i] - nb_base[c] - common[i], m, nb_base, nb_dev, nb_pos,
+                             nb_neg, prm, p, P_NB)  # fmt: skip
+            if stat >= 0:
+                h = prm[p, P_NB + CS_H]
                 big = abs(z) >= prm[p, P_NB_Z_OPEN]
-                sc = max(_ratio_score(stat / prm[p, P_NB_H]),
-                         _ratio_score(abs(z) / prm[p, P_NB_Z_OPEN]))  # fmt: skip
-                sev = SEV_CRITICAL if stat >= prm[p, P_NB_CRIT] else SEV_WARNING
-                ne = step_alert(c, R_NEIGHBOUR, t, big or stat >= prm[p, P_NB_H],
-                                big or stat >= prm[p, P_NB_CLOSE], sev, sc, value[i], 0, g,
+                sc = max(_ratio_score(stat / h), _ratio_score(abs(z) / prm[p, P_NB_Z_OPEN]))
+                sev = SEV_CRITICAL if stat >= prm[p, P_NB + CS_CRIT] else SEV_WARNING
+                ne = step_alert(c, R_NEIGHBOUR, t, big or stat >= h,
+                                big or stat >= prm[p, P_NB + CS_CLOSE], sev, sc, value[i], 0, g,
                                 st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak,
                                 a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                                 ev_score, ev_sev, ne)  # fmt: skip
-            if sd > 0:
-                e = min(max(e, -clip * sd), clip * sd)
-            a = max(prm[p, P_NB_ALPHA], 1.0 / (m + 1))
-            nb_base[c] += a * e
-            nb_dev[c] += a * (abs(e) - nb_dev[c])
         if m < 2_000_000_000:
             nb_n[c] = m + 1
     return rows.shape[0], ne

@@ -1,7 +1,27 @@
 """Rule, event and severity codes shared by the kernels and their callers."""
 
-RULES = ("threshold", "zscore", "flatline", "dropout", "neighbour", "rate", "hampel")
-R_THRESHOLD, R_ZSCORE, R_FLATLINE, R_DROPOUT, R_NEIGHBOUR, R_RATE, R_HAMPEL = range(len(RULES))
+RULES = (
+    "threshold",
+    "zscore",
+    "flatline",
+    "dropout",
+    "neighbour",
+    "rate",
+    "hampel",
+    "cusum",
+    "seasonal",
+)
+(
+    R_THRESHOLD,
+    R_ZSCORE,
+    R_FLATLINE,
+    R_DROPOUT,
+    R_NEIGHBOUR,
+    R_RATE,
+    R_HAMPEL,
+    R_CUSUM,
+    R_SEASONAL,
+) = range(len(RULES))
 N_RULES = len(RULES)
 
 EV_OPEN, EV_UPDATE, EV_RESOLVE = 1, 2, 3
