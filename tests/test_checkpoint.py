@@ -4,15 +4,35 @@ stopped (same alerts, same snapshot files); an incompatible checkpoint is set as
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from streamproc import checkpoint
-from streamproc.config import Settings, load
+from streamproc.config import Settings, from_dict, load
 from streamproc.pipeline import Pipeline
 from streamproc.sources import simulate as sim
+
+# every rule on, the seasonal one using its bins after minutes, so that all state is exercised
+EVERY_RULE = from_dict(
+    {
+        "rules": {
+            "cusum": {"enabled": True},
+            "seasonal": {
+                "enabled": True,
+                "min_hours": 0.05,
+                "utc_offset_h": 2,
+                "z_open": 2,
+                "z_close": 1,
+                "z_critical": 4,
+            },
+            "hampel": {"enabled": True},
+            "neighbour": {"enabled": True, "min_intervals": 4},
+        }
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +74,13 @@ def _files(out: Path, table: str) -> dict[str, object]:
 def test_restart_from_checkpoint_gives_the_uninterrupted_output(
     tmp_path: Path, messages: list[tuple[int, str, bytes]]
 ) -> None:
-    settings = load(None)
+    settings = EVERY_RULE
     _run(settings, tmp_path / "whole", messages, None)
     cut = len(messages) * 2 // 3  # mid-interval, with alerts open at the cut
     _run(settings, tmp_path / "split", messages, cut)
     whole = _alert_lines(tmp_path / "whole")
     assert len(whole) > 20
+    assert {"cusum", "seasonal", "neighbour"} <= {json.loads(line)["rule"] for line in whole}
     assert _alert_lines(tmp_path / "split") == whole
     for table in ("snapshots", "alerts"):
         assert _files(tmp_path / "split", table) == _files(tmp_path / "whole", table)
@@ -99,7 +120,7 @@ def test_incompatible_checkpoint_is_set_aside(
 def test_checkpoint_restores_channels_and_state(
     tmp_path: Path, messages: list[tuple[int, str, bytes]]
 ) -> None:
-    settings = load(None)
+    settings = EVERY_RULE
     p = Pipeline(settings, tmp_path)
     for ts, topic, payload in messages[:5000]:
         p.message(topic, payload, ts)
@@ -114,6 +135,10 @@ def test_checkpoint_restores_channels_and_state(
     for name, arr in p.detector.state.items():
         assert (q.detector.state[name][: p.registry.n].tobytes()
                 == arr[: p.registry.n].tobytes()), name  # fmt: skip
+    rows = p.detector.season_rows
+    assert rows == q.detector.season_rows > 0
+    for name, arr in p.detector.season.items():
+        assert q.detector.season[name][:rows].tobytes() == arr[:rows].tobytes(), name
     assert (q.detector.wm, q.detector.open_k, q.detector.next_tick) == (
         p.detector.wm, p.detector.open_k, p.detector.next_tick)  # fmt: skip
     assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o640
