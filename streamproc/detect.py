@@ -84,7 +84,6 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "a_sev": (np.int8, (N_RULES,), 0),
         "a_flap": (np.int8, (N_RULES,), 0),
         "a_since": (np.int64, (N_RULES,), NEVER),
-        "a_opened": (np.int64, (N_RULES,), NEVER),
         "a_last_open": (np.int64, (N_RULES,), NEVER),
         "a_peak": (np.float64, (N_RULES,), np.nan),
         "a_score": (np.float32, (N_RULES,), 0.0),
@@ -306,8 +305,8 @@ class Detector:
                 s["flat_n"], s["flat_t0"], s["flat_p"],
                 s["cu_n"], s["cu_base"], s["cu_dev"], s["cu_pos"], s["cu_neg"],
                 s["se_row"], se["se_mean"], se["se_dev"], se["se_w"], se["se_z"],
-                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_opened"],
-                s["a_last_open"], s["a_peak"], s["a_score"],
+                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_last_open"], s["a_peak"],
+                s["a_score"],
                 s["agg_n"], s["agg_sum"], s["agg_min"], s["agg_max"], s["agg_last"],
                 s["agg_last_ts"], s["agg_score"],
                 ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
@@ -353,7 +352,7 @@ class Detector:
         while c < self.registry.n:
             c, ne = bank.sweep_dropout(
                 c, self.registry.n, now_ms, self.registry.ch_profile, self.prm,
-                s["last_ts"], s["ival"], s["st"], s["a_sev"], s["a_score"], s["a_opened"],
+                s["last_ts"], s["ival"], s["st"], s["a_sev"], s["a_score"], s["a_last_open"],
                 s["a_peak"], ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"],
                 ev["peak"], ev["score"], ev["sev"],
             )  # fmt: skip
@@ -398,8 +397,8 @@ class Detector:
             i, ne = bank.neighbour_step(
                 rows, value, common, n_group, t, reg.ch_profile, self.prm, self.g,
                 s["nb_n"], s["nb_base"], s["nb_dev"], s["nb_pos"], s["nb_neg"],
-                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_opened"],
-                s["a_last_open"], s["a_peak"], s["a_score"],
+                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_last_open"], s["a_peak"],
+                s["a_score"],
                 ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
                 ev["score"], ev["sev"], i,
             )  # fmt: skip

@@ -19,7 +19,8 @@ Per reading (channel c, time t, value x), in this order:
    - seasonal: x against the learnt profile of its hour (weekday or weekend), smoothed;
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
-State is struct-of-arrays indexed by channel (alert state by [channel, rule]); the seasonal
+State is struct-of-arrays indexed by channel (alert state by [channel, rule]; an open
+alert's opening time is its ``a_last_open``); the seasonal
 profiles are rows of their own tables, only for channels whose profile enables the rule
 (``se_row``, -1 for none). Parameters
 are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
@@ -142,7 +143,7 @@ def _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, 
 
 @kernel
 def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
-               st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+               st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                ne):  # fmt: skip
     """Advance the alert of (c, r) by one reading; returns the new event count.
@@ -169,7 +170,6 @@ def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
             a_flap[c, r] = 1
         a_last_open[c, r] = t
         st[c, r] = ST_OPEN
-        a_opened[c, r] = t
         a_since[c, r] = NEVER
         a_peak[c, r] = value
         a_score[c, r] = score
@@ -185,7 +185,7 @@ def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
         if sev > a_sev[c, r]:
             a_sev[c, r] = sev
             return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
-                         ne, c, r, EV_UPDATE, t, a_opened[c, r], a_peak[c, r], a_score[c, r],
+                         ne, c, r, EV_UPDATE, t, a_last_open[c, r], a_peak[c, r], a_score[c, r],
                          sev)  # fmt: skip
         return ne
     if a_since[c, r] == NEVER:
@@ -196,7 +196,7 @@ def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
     st[c, r] = ST_IDLE
     a_since[c, r] = NEVER
     return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
-                 c, r, EV_RESOLVE, t, a_opened[c, r], a_peak[c, r], a_score[c, r],
+                 c, r, EV_RESOLVE, t, a_last_open[c, r], a_peak[c, r], a_score[c, r],
                  a_sev[c, r])  # fmt: skip
 
 
@@ -263,7 +263,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
                      cu_n, cu_base, cu_dev, cu_pos, cu_neg,
                      se_row, se_mean, se_dev, se_w, se_z,
-                     st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                     st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                      agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                      counts):  # fmt: skip
@@ -299,8 +299,8 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             if st[c, R_DROPOUT] == ST_OPEN:
                 st[c, R_DROPOUT] = ST_IDLE
                 ne = _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
-                           ne, c, R_DROPOUT, EV_RESOLVE, t, a_opened[c, R_DROPOUT], dt / 1000.0,
-                           a_score[c, R_DROPOUT], a_sev[c, R_DROPOUT])  # fmt: skip
+                           ne, c, R_DROPOUT, EV_RESOLVE, t, a_last_open[c, R_DROPOUT],
+                           dt / 1000.0, a_score[c, R_DROPOUT], a_sev[c, R_DROPOUT])  # fmt: skip
             # typical interval: an EWMA in which one long gap weighs at most 3 intervals
             if ival[c] <= 0:
                 ival[c] = dt
@@ -339,7 +339,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                 sc = _ratio_score(below / x) if x > 0 else 1.0
             score = max(score, sc)
             ne = step_alert(c, R_THRESHOLD, t, trig, hold, sev, sc, x, prm[p, P_TH_MIN_MS], g,
-                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -358,7 +358,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             score = max(score, sc)
             sev = SEV_CRITICAL if az >= prm[p, P_Z_CRIT] else SEV_WARNING
             ne = step_alert(c, R_ZSCORE, t, az >= z_open, az >= prm[p, P_Z_CLOSE], sev, sc, x,
-                            0, g, st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak,
+                            0, g, st, a_sev, a_flap, a_since, a_last_open, a_peak,
                             a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                             ev_score, ev_sev, ne)  # fmt: skip
 
@@ -380,7 +380,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             sc = FLATLINE_SCORE if trig else 0.0
             score = max(score, sc)
             ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
-                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -413,7 +413,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             trig = z >= prm[p, P_HP_Z_OPEN]
             sev = SEV_CRITICAL if z >= prm[p, P_HP_Z_CRIT] else SEV_WARNING
             ne = step_alert(c, R_HAMPEL, t, trig, trig, sev, sc, x1, 0, g,
-                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -432,7 +432,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             score = max(score, sc)
             sev = SEV_CRITICAL if q >= prm[p, P_RT_CRIT] else SEV_WARNING
             ne = step_alert(c, R_RATE, t, q >= 1.0, q >= 1.0, sev, sc, x, 0, g,
-                            st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -452,9 +452,9 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                     score = max(score, sc)
                     sev = SEV_CRITICAL if stat >= prm[p, P_CU + CS_CRIT] else SEV_WARNING
                     ne = step_alert(c, R_CUSUM, t, stat >= h, stat >= prm[p, P_CU + CS_CLOSE],
-                                    sev, sc, x, 0, g, st, a_sev, a_flap, a_since, a_opened,
-                                    a_last_open, a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts,
-                                    ev_opened, ev_peak, ev_score, ev_sev, ne)  # fmt: skip
+                                    sev, sc, x, 0, g, st, a_sev, a_flap, a_since, a_last_open,
+                                    a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened,
+                                    ev_peak, ev_score, ev_sev, ne)  # fmt: skip
             if m < 2_000_000_000:
                 cu_n[c] = m + 1
 
@@ -483,7 +483,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                 score = max(score, sc)
                 sev = SEV_CRITICAL if az >= prm[p, P_SE_Z_CRIT] else SEV_WARNING
                 ne = step_alert(c, R_SEASONAL, t, az >= z_open, az >= prm[p, P_SE_Z_CLOSE], sev,
-                                sc, x, 0, g, st, a_sev, a_flap, a_since, a_opened, a_last_open,
+                                sc, x, 0, g, st, a_sev, a_flap, a_since, a_last_open,
                                 a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened,
                                 ev_peak, ev_score, ev_sev, ne)  # fmt: skip
             # a reading stands for its share of the hour (the channel's typical interval)
@@ -542,7 +542,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
 
 @kernel
 def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
-                  st, a_sev, a_score, a_opened, a_peak,
+                  st, a_sev, a_score, a_last_open, a_peak,
                   ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score,
                   ev_sev):  # fmt: skip
     """Open a dropout alert for every channel silent for ``factor`` x its interval (and at
@@ -561,7 +561,7 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
         gap = now_ms - last
         if gap > prm[p, P_DO_FACTOR] * ival[c] and gap >= prm[p, P_DO_MIN_GAP_MS]:
             st[c, R_DROPOUT] = ST_OPEN
-            a_opened[c, R_DROPOUT] = now_ms
+            a_last_open[c, R_DROPOUT] = now_ms
             a_sev[c, R_DROPOUT] = SEV_WARNING
             a_score[c, R_DROPOUT] = DROPOUT_SCORE
             a_peak[c, R_DROPOUT] = gap / 1000.0
@@ -574,7 +574,7 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
 @kernel
 def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
                    nb_n, nb_base, nb_dev, nb_pos, nb_neg,
-                   st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak, a_score,
+                   st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                    ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                    start):  # fmt: skip
     """The neighbour rule at the close of an interval ending at ``t``: channel ``rows[i]``
@@ -608,7 +608,7 @@ def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
                 sev = SEV_CRITICAL if stat >= prm[p, P_NB + CS_CRIT] else SEV_WARNING
                 ne = step_alert(c, R_NEIGHBOUR, t, big or stat >= h,
                                 big or stat >= prm[p, P_NB + CS_CLOSE], sev, sc, value[i], 0, g,
-                                st, a_sev, a_flap, a_since, a_opened, a_last_open, a_peak,
+                                st, a_sev, a_flap, a_since, a_last_open, a_peak,
                                 a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                                 ev_score, ev_sev, ne)  # fmt: skip
         if m < 2_000_000_000:
