@@ -20,10 +20,9 @@ Per reading (channel c, time t, value x), in this order:
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
 State is struct-of-arrays indexed by channel (alert state by [channel, rule]; an open
-alert's opening time is its ``a_last_open``); the seasonal
-profiles are rows of their own tables, only for channels whose profile enables the rule
-(``se_row``, -1 for none). Parameters
-are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
+alert's opening time is its ``a_last_open``); the seasonal profiles are rows of their own
+tables, only for channels whose profile enables the rule (``se_row``, -1 for none).
+Parameters are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
 Every loop is O(1) per reading except the exact re-sum of the ring every ``window`` writes.
 """
 
