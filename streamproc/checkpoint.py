@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from streamproc.alerts import Alert
-from streamproc.detect import SEASON_SPEC
+from streamproc.detect import ALERT_SPEC, SEASON_SPEC
 from streamproc.kernels.rules import RULES
 from streamproc.pipeline import Pipeline
 from streamproc.sinks.jsonl import FILE_MODE, make_dirs
 
-FORMAT = 2
+FORMAT = 3
 log = logging.getLogger("streamproc")
 
 
@@ -85,6 +85,8 @@ class Checkpointer:
         }
         arrays = {f"state.{k}": v[:n].copy() for k, v in d.state.items()}
         arrays |= {f"state.{k}": v[: d.season_rows].copy() for k, v in d.season.items()}
+        arrays |= {f"state.{k}": v.copy() for k, v in d.alert_rows.items()}
+        arrays["state.a_free"] = d.a_free.copy()
         arrays["counts"] = d.counts.copy()
         arrays["names"] = np.frombuffer(bytes(self._names), np.uint8)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
@@ -154,6 +156,8 @@ def _load(p: Pipeline, path: Path) -> None:
         d._sync()
         for name in d.spec:
             d.state[name][: reg.n] = z[f"state.{name}"]
+        d.alert_rows = {name: z[f"state.{name}"].copy() for name in ALERT_SPEC}
+        d.a_free = z["state.a_free"].copy()
         d.season = {name: z[f"state.{name}"].copy() for name in SEASON_SPEC}
         d.season_rows = len(d.season["se_z"])
         d.assign_seasonal()  # channels whose profile enabled the rule since the checkpoint

@@ -81,12 +81,7 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "cu_neg": (np.float64, (), 0.0),
         "se_row": (np.int32, (), -1),
         "st": (np.int8, (N_RULES,), 0),
-        "a_sev": (np.int8, (N_RULES,), 0),
-        "a_flap": (np.int8, (N_RULES,), 0),
-        "a_since": (np.int64, (N_RULES,), NEVER),
-        "a_last_open": (np.int64, (N_RULES,), NEVER),
-        "a_peak": (np.float64, (N_RULES,), np.nan),
-        "a_score": (np.float32, (N_RULES,), 0.0),
+        "a_row": (np.int32, (), -1),
         "agg_n": (np.int32, (2,), 0),
         "agg_sum": (np.float64, (2,), 0.0),
         "agg_min": (np.float64, (2,), np.nan),
@@ -96,6 +91,17 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "agg_score": (np.float32, (2,), 0.0),
     }
 
+
+# alert history, one row per channel with a rule not idle or an opening recent enough to
+# count for flapping (``a_row``; rows are taken and given back by the kernels)
+ALERT_SPEC: dict[str, tuple[type, tuple[int, ...], object]] = {
+    "a_sev": (np.int8, (N_RULES,), 0),
+    "a_flap": (np.int8, (N_RULES,), 0),
+    "a_since": (np.int64, (N_RULES,), NEVER),
+    "a_last_open": (np.int64, (N_RULES,), NEVER),
+    "a_peak": (np.float64, (N_RULES,), np.nan),
+    "a_score": (np.float32, (N_RULES,), 0.0),
+}
 
 # the seasonal profiles: one row per channel that enables the rule (``se_row``)
 SEASON_SPEC: dict[str, tuple[type, tuple[int, ...], object]] = {
@@ -180,6 +186,10 @@ def _cusum_block(row: np.ndarray, o: int, *values: float) -> None:
     row[o : o + len(values)] = values
 
 
+AlertTables = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    np.ndarray, np.ndarray, np.ndarray]  # fmt: skip
+
+
 class Detector:
     def __init__(self, settings: Settings, registry: Registry, counters: C.Counters):
         self.registry = registry
@@ -189,6 +199,9 @@ class Detector:
         self.state: dict[str, np.ndarray] = {}
         self.capacity = 0
         self._grow(1024)
+        self.alert_rows = _filled(ALERT_SPEC, 0)
+        self.a_free = np.zeros(1, np.int32)  # free rows: a_free[0] of them, in a_free[1:]
+        self._grow_alert_rows()
         self.season = _filled(SEASON_SPEC, 64)
         self.season_rows = 0  # rows of the seasonal tables in use
         self.n_synced = 0  # channels given their seasonal rows
@@ -294,7 +307,7 @@ class Detector:
     def _run(self, batch: Batch, a: int, b: int, scores: np.ndarray, outputs: list[Output]) -> None:
         s, se = self.state, self.season
         ev = self.ev
-        late_before = (self.open_k or 0) * self.interval_ms
+        late_before = self._late_before()
         before = self.counts.copy()
         n_in = b - a
         while a < b:
@@ -305,18 +318,42 @@ class Detector:
                 s["flat_n"], s["flat_t0"], s["flat_p"],
                 s["cu_n"], s["cu_base"], s["cu_dev"], s["cu_pos"], s["cu_neg"],
                 s["se_row"], se["se_mean"], se["se_dev"], se["se_w"], se["se_z"],
-                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_last_open"], s["a_peak"],
-                s["a_score"],
+                *self._alert_tables(),
                 s["agg_n"], s["agg_sum"], s["agg_min"], s["agg_max"], s["agg_last"],
                 s["agg_last_ts"], s["agg_score"],
                 ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
                 ev["score"], ev["sev"], self.counts,
             )  # fmt: skip
             self._drain(ne, outputs)
+            self._grow_alert_rows()
         late, ooo = (self.counts - before).tolist()
         self.counters.drop(C.LATE, late, "snapshot interval already written")
         self.counters.drop(C.OUT_OF_ORDER, ooo, "not newer than the channel's last reading")
         self.counters.readings += n_in - late - ooo
+
+    def _late_before(self) -> int:
+        """Readings before this event time are late: their interval was written."""
+        return (self.open_k or 0) * self.interval_ms
+
+    def _alert_tables(self) -> AlertTables:
+        """The alert state arrays in the kernels' argument order."""
+        a = self.alert_rows
+        return (self.state["st"], self.state["a_row"], self.a_free, a["a_sev"], a["a_flap"],
+                a["a_since"], a["a_last_open"], a["a_peak"], a["a_score"])  # fmt: skip
+
+    def _grow_alert_rows(self) -> None:
+        """Double the alert tables when no free row is left (the kernels stop before a
+        reading when they might need one)."""
+        if self.a_free[0] > 0:
+            return
+        old = len(self.alert_rows["a_sev"])
+        new = _doubled(old, old + 1)
+        self.alert_rows = _filled(ALERT_SPEC, new, self.alert_rows)
+        free = np.empty(new + 1, np.int32)
+        free[0] = new - old
+        free[1:] = -1
+        free[1 : new - old + 1] = np.arange(new - 1, old - 1, -1)  # the lowest row first
+        self.a_free = free
 
     def _drain(self, ne: int, outputs: list[Output]) -> None:
         if ne == 0:
@@ -351,12 +388,13 @@ class Detector:
         c = 0
         while c < self.registry.n:
             c, ne = bank.sweep_dropout(
-                c, self.registry.n, now_ms, self.registry.ch_profile, self.prm,
-                s["last_ts"], s["ival"], s["st"], s["a_sev"], s["a_score"], s["a_last_open"],
-                s["a_peak"], ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"],
-                ev["peak"], ev["score"], ev["sev"],
+                c, self.registry.n, now_ms, self._late_before(), self.registry.ch_profile,
+                self.prm, self.g, s["last_ts"], s["ival"], *self._alert_tables(),
+                ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
+                ev["score"], ev["sev"],
             )  # fmt: skip
             self._drain(ne, outputs)
+            self._grow_alert_rows()
 
     def _close(self, k: int, outputs: list[Output]) -> IntervalClosed:
         """Run the neighbour rule on interval k, then take its aggregates out of their slot
@@ -397,12 +435,12 @@ class Detector:
             i, ne = bank.neighbour_step(
                 rows, value, common, n_group, t, reg.ch_profile, self.prm, self.g,
                 s["nb_n"], s["nb_base"], s["nb_dev"], s["nb_pos"], s["nb_neg"],
-                s["st"], s["a_sev"], s["a_flap"], s["a_since"], s["a_last_open"], s["a_peak"],
-                s["a_score"],
+                *self._alert_tables(),
                 ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
                 ev["score"], ev["sev"], i,
             )  # fmt: skip
             self._drain(ne, outputs)
+            self._grow_alert_rows()
 
     def _aggregates(self, k: int) -> IntervalClosed:
         s = self.state

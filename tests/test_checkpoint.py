@@ -139,6 +139,9 @@ def test_checkpoint_restores_channels_and_state(
     assert rows == q.detector.season_rows > 0
     for name, arr in p.detector.season.items():
         assert q.detector.season[name][:rows].tobytes() == arr[:rows].tobytes(), name
+    for name, arr in p.detector.alert_rows.items():
+        assert q.detector.alert_rows[name].tobytes() == arr.tobytes(), name
+    assert q.detector.a_free.tolist() == p.detector.a_free.tolist()
     assert (q.detector.wm, q.detector.open_k, q.detector.next_tick) == (
         p.detector.wm, p.detector.open_k, p.detector.next_tick)  # fmt: skip
     assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o640

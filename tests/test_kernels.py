@@ -21,74 +21,71 @@ from tests.reference import Reference
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 
-SETTINGS = from_dict(
-    {
-        "detect": {"window": 8, "tick_s": 30},
-        "input": {"max_future_s": 600},
-        "snapshots": {"interval_s": 60, "grace_s": 10},
-        "alerts": {"hold_s": 20, "flap_window_s": 300, "flap_max": 2, "flap_hold_s": 120},
-        "rules": {
-            "zscore": {
-                "z_open": 3,
-                "z_close": 1.5,
-                "z_critical": 6,
-                "min_readings": 4,
-                "overrides": {"traffic.flow": {"z_open": 3}},
-            },
-            "flatline": {"min_readings": 3, "min_duration_s": 15},
-            "dropout": {"factor": 3, "min_gap_s": 40},
-            "hampel": {"enabled": True, "z_open": 4, "z_critical": 8, "min_readings": 4},
-            "rate": {
-                "overrides": {"pipe.pressure": {"max_fall_per_s": 0.005, "max_rise_per_s": 0.01}}
-            },
-            "cusum": {
-                "enabled": True,
-                "alpha": 0.3,
-                "k": 0.25,
-                "h": 2,
-                "h_close": 0.5,
-                "h_critical": 4,
-                "clip": 3,
-                "min_readings": 4,
-                "overrides": {"traffic.flow": {"enabled": False}},
-            },
-            "seasonal": {
-                "enabled": True,
-                "utc_offset_h": -1,  # T0 is a Monday 00:00 UTC: a Sunday at first, locally
-                "alpha": 0.5,
-                "min_hours": 0.005,
-                "smooth": 0.6,
-                "z_open": 1.5,
-                "z_close": 0.75,
-                "z_critical": 3,
-                "clip": 4,
-                "overrides": {"air.pm25": {"enabled": False}},
-            },
-            "neighbour": {
-                "enabled": True,
-                "min_neighbours": 3,
-                "min_intervals": 2,
-                "alpha": 0.3,
-                "k": 0.25,
-                "h": 2,
-                "h_close": 0.5,
-                "h_critical": 4,
-                "z_open": 3,
-                "clip": 3,
-                "overrides": {"traffic.flow": {"min_std": 1.0}},
-            },
+SETTINGS_DICT = {
+    "detect": {"window": 8, "tick_s": 30},
+    "input": {"max_future_s": 600},
+    "snapshots": {"interval_s": 60, "grace_s": 10},
+    "alerts": {"hold_s": 20, "flap_window_s": 300, "flap_max": 2, "flap_hold_s": 120},
+    "rules": {
+        "zscore": {
+            "z_open": 3,
+            "z_close": 1.5,
+            "z_critical": 6,
+            "min_readings": 4,
+            "overrides": {"traffic.flow": {"z_open": 3}},
         },
-        "thresholds": {
-            "air.pm25": {
-                "above": 40,
-                "clear_below": 30,
-                "critical_above": 80,
-                "min_duration_s": 10,
-            },
-            "pipe.pressure": {"below": -40, "clear_above": -30, "critical_below": -80},
+        "flatline": {"min_readings": 3, "min_duration_s": 15},
+        "dropout": {"factor": 3, "min_gap_s": 40},
+        "hampel": {"enabled": True, "z_open": 4, "z_critical": 8, "min_readings": 4},
+        "rate": {"overrides": {"pipe.pressure": {"max_fall_per_s": 0.005, "max_rise_per_s": 0.01}}},
+        "cusum": {
+            "enabled": True,
+            "alpha": 0.3,
+            "k": 0.25,
+            "h": 2,
+            "h_close": 0.5,
+            "h_critical": 4,
+            "clip": 3,
+            "min_readings": 4,
+            "overrides": {"traffic.flow": {"enabled": False}},
         },
-    }
-)
+        "seasonal": {
+            "enabled": True,
+            "utc_offset_h": -1,  # T0 is a Monday 00:00 UTC: a Sunday at first, locally
+            "alpha": 0.5,
+            "min_hours": 0.005,
+            "smooth": 0.6,
+            "z_open": 1.5,
+            "z_close": 0.75,
+            "z_critical": 3,
+            "clip": 4,
+            "overrides": {"air.pm25": {"enabled": False}},
+        },
+        "neighbour": {
+            "enabled": True,
+            "min_neighbours": 3,
+            "min_intervals": 2,
+            "alpha": 0.3,
+            "k": 0.25,
+            "h": 2,
+            "h_close": 0.5,
+            "h_critical": 4,
+            "z_open": 3,
+            "clip": 3,
+            "overrides": {"traffic.flow": {"min_std": 1.0}},
+        },
+    },
+    "thresholds": {
+        "air.pm25": {
+            "above": 40,
+            "clear_below": 30,
+            "critical_above": 80,
+            "min_duration_s": 10,
+        },
+        "pipe.pressure": {"below": -40, "clear_above": -30, "critical_below": -80},
+    },
+}
+SETTINGS = from_dict(SETTINGS_DICT)
 PROFILES = [("air", "pm25"), ("pipe", "pressure"), ("traffic", "flow")]
 
 # Values are multiples of 1/8 so that window sums are exact in float64 and float32: the
@@ -416,3 +413,32 @@ def test_seasonal_rule_knows_rush_hour_from_congestion_at_night():
     assert len(opens) == 2  # nothing else after two weeks of learning
     assert night <= opens[0] <= night + 3 and saturday <= opens[1] <= saturday + 3
     assert _rule_events({}, "traffic", "flow", ts, flow, "seasonal") == []  # off by default
+
+
+def test_alert_rows_grow_with_alerting_channels_and_come_back_after_the_flap_window():
+    """300 channels spike at once: the alert tables grow past their first 64 rows, results
+    still match the reference, and once every alert is idle and the flap window has passed,
+    the dropout sweep gives every row back."""
+    s = from_dict({k: SETTINGS_DICT[k] for k in ("detect", "snapshots", "alerts")}
+                  | {"rules": {"zscore": SETTINGS_DICT["rules"]["zscore"],
+                               "hampel": {"enabled": False, "min_readings": 4}}})  # fmt: skip
+    n = 300
+    reg = Registry(s.channels)
+    km = {reg.channel(f"dev{c}", "pm25", "air", "g"): ("air", "pm25") for c in range(n)}
+    det = Detector(s, reg, Counters())
+    raw = []
+    for step in range(40):  # 40 rounds of every channel, 1 s apart; a spike in round 20
+        v = 100.0 if step == 20 else (step % 4) / 8
+        raw += [(c, 1_000 if c == 0 else 1, v) for c in range(n)]
+    for step in range(30):  # then quiet readings every 20 s, past the flap window
+        raw += [(c, 20_000 if c == 0 else 1, 0.5 + (step % 2) / 8) for c in range(n)]
+    batch = to_batch(raw)
+    events, _, _ = run(det, batch, [])
+    ref = Reference(s, km)
+    ref.run(list(zip(batch.idx.tolist(), batch.ts_ms.tolist(), batch.value.tolist(), strict=True)))
+    ref.finish()
+    assert len(events) >= 2 * n
+    assert_events_equal(events, ref.events)
+    assert len(det.alert_rows["a_sev"]) > 64
+    assert det.a_free[0] == len(det.alert_rows["a_sev"])  # every row free again
+    assert (det.state["a_row"][:n] == -1).all()

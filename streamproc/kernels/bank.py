@@ -141,62 +141,101 @@ def _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, 
 
 
 @kernel
+def take_row(c, a_row, a_free, a_flap, a_since, a_last_open):
+    """Give channel c a row of the alert tables from the free stack (``a_free[0]`` rows,
+    ``a_free[1..]``), with no alert history."""
+    n = a_free[0]
+    b = a_free[n]
+    a_free[0] = n - 1
+    a_row[c] = b
+    for r in range(N_RULES):
+        a_flap[b, r] = 0
+        a_since[b, r] = NEVER
+        a_last_open[b, r] = NEVER
+    return b
+
+
+@kernel
+def release_row(c, earliest_t, g, st, a_row, a_free, a_last_open):
+    """Put channel c's alert row back on the free stack if it holds nothing that a reading
+    at ``earliest_t`` or later could use: every rule idle, and every last opening too long
+    ago to count as flapping."""
+    b = a_row[c]
+    if b < 0:
+        return
+    for r in range(N_RULES):
+        if st[c, r] != ST_IDLE:
+            return
+        last = a_last_open[b, r]
+        if last != NEVER and earliest_t - last <= g[G_FLAP_WINDOW_MS]:
+            return
+    a_free[0] += 1
+    a_free[a_free[0]] = b
+    a_row[c] = -1
+
+
+@kernel
 def step_alert(c, r, t, trig, hold, sev, score, value, min_ms, g,
-               st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+               st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                ne):  # fmt: skip
     """Advance the alert of (c, r) by one reading; returns the new event count.
 
     ``trig``: the open condition holds; ``hold``: the alert must stay open (trig implies hold).
+    The alert's fields live in the channel's row of the alert tables, taken when one of its
+    rules first leaves idle (the caller makes sure a free row is left).
     """
     s = st[c, r]
+    if s == ST_IDLE and not trig:
+        return ne
+    b = a_row[c]
+    if b < 0:
+        b = take_row(c, a_row, a_free, a_flap, a_since, a_last_open)
     if s == ST_IDLE:
-        if not trig:
-            return ne
         st[c, r] = ST_PENDING
-        a_since[c, r] = t
+        a_since[b, r] = t
         s = ST_PENDING
     if s == ST_PENDING:
         if not trig:
             st[c, r] = ST_IDLE
             return ne
-        if t - a_since[c, r] < min_ms:
+        if t - a_since[b, r] < min_ms:
             return ne
-        last = a_last_open[c, r]
+        last = a_last_open[b, r]
         if last != NEVER and t - last <= g[G_FLAP_WINDOW_MS]:
-            a_flap[c, r] = min(a_flap[c, r] + 1, 100)
+            a_flap[b, r] = min(a_flap[b, r] + 1, 100)
         else:
-            a_flap[c, r] = 1
-        a_last_open[c, r] = t
+            a_flap[b, r] = 1
+        a_last_open[b, r] = t
         st[c, r] = ST_OPEN
-        a_since[c, r] = NEVER
-        a_peak[c, r] = value
-        a_score[c, r] = score
-        a_sev[c, r] = sev
+        a_since[b, r] = NEVER
+        a_peak[b, r] = value
+        a_score[b, r] = score
+        a_sev[b, r] = sev
         return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
                      c, r, EV_OPEN, t, t, value, score, sev)  # fmt: skip
     # open
     if hold:
-        a_since[c, r] = NEVER
-        if score > a_score[c, r]:
-            a_score[c, r] = score
-            a_peak[c, r] = value
-        if sev > a_sev[c, r]:
-            a_sev[c, r] = sev
+        a_since[b, r] = NEVER
+        if score > a_score[b, r]:
+            a_score[b, r] = score
+            a_peak[b, r] = value
+        if sev > a_sev[b, r]:
+            a_sev[b, r] = sev
             return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
-                         ne, c, r, EV_UPDATE, t, a_last_open[c, r], a_peak[c, r], a_score[c, r],
+                         ne, c, r, EV_UPDATE, t, a_last_open[b, r], a_peak[b, r], a_score[b, r],
                          sev)  # fmt: skip
         return ne
-    if a_since[c, r] == NEVER:
-        a_since[c, r] = t
-    hold_ms = g[G_FLAP_HOLD_MS] if a_flap[c, r] >= g[G_FLAP_MAX] else g[G_HOLD_MS]
-    if t - a_since[c, r] < hold_ms:
+    if a_since[b, r] == NEVER:
+        a_since[b, r] = t
+    hold_ms = g[G_FLAP_HOLD_MS] if a_flap[b, r] >= g[G_FLAP_MAX] else g[G_HOLD_MS]
+    if t - a_since[b, r] < hold_ms:
         return ne
     st[c, r] = ST_IDLE
-    a_since[c, r] = NEVER
+    a_since[b, r] = NEVER
     return _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
-                 c, r, EV_RESOLVE, t, a_last_open[c, r], a_peak[c, r], a_score[c, r],
-                 a_sev[c, r])  # fmt: skip
+                 c, r, EV_RESOLVE, t, a_last_open[b, r], a_peak[b, r], a_score[b, r],
+                 a_sev[b, r])  # fmt: skip
 
 
 @kernel
@@ -262,14 +301,15 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
                      cu_n, cu_base, cu_dev, cu_pos, cu_neg,
                      se_row, se_mean, se_dev, se_w, se_z,
-                     st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+                     st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                      agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                      counts):  # fmt: skip
     """Run readings ``start..stop`` of a batch; returns (next reading, events written).
 
-    Stops early, before a reading, when fewer than N_RULES event slots remain; the caller
-    drains the events and calls again from the returned position.
+    Stops early, before a reading, when fewer than N_RULES event slots or no free alert row
+    remain; the caller drains the events (grows the alert tables) and calls again from the
+    returned position.
     """
     window = ring.shape[1]
     buf = np.empty(window)
@@ -277,7 +317,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
     cap = ev_ch.shape[0]
     ne = 0
     for i in range(start, stop):
-        if ne + N_RULES > cap:
+        if ne + N_RULES > cap or a_free[0] < 1:
             return i, ne
         c = idx[i]
         t = ts[i]
@@ -298,8 +338,9 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             if st[c, R_DROPOUT] == ST_OPEN:
                 st[c, R_DROPOUT] = ST_IDLE
                 ne = _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
-                           ne, c, R_DROPOUT, EV_RESOLVE, t, a_last_open[c, R_DROPOUT],
-                           dt / 1000.0, a_score[c, R_DROPOUT], a_sev[c, R_DROPOUT])  # fmt: skip
+                           ne, c, R_DROPOUT, EV_RESOLVE, t, a_last_open[a_row[c], R_DROPOUT],
+                           dt / 1000.0, a_score[a_row[c], R_DROPOUT],
+                           a_sev[a_row[c], R_DROPOUT])  # fmt: skip
             # typical interval: an EWMA in which one long gap weighs at most 3 intervals
             if ival[c] <= 0:
                 ival[c] = dt
@@ -338,7 +379,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                 sc = _ratio_score(below / x) if x > 0 else 1.0
             score = max(score, sc)
             ne = step_alert(c, R_THRESHOLD, t, trig, hold, sev, sc, x, prm[p, P_TH_MIN_MS], g,
-                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+                            st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -357,7 +398,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             score = max(score, sc)
             sev = SEV_CRITICAL if az >= prm[p, P_Z_CRIT] else SEV_WARNING
             ne = step_alert(c, R_ZSCORE, t, az >= z_open, az >= prm[p, P_Z_CLOSE], sev, sc, x,
-                            0, g, st, a_sev, a_flap, a_since, a_last_open, a_peak,
+                            0, g, st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak,
                             a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                             ev_score, ev_sev, ne)  # fmt: skip
 
@@ -379,7 +420,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             sc = FLATLINE_SCORE if trig else 0.0
             score = max(score, sc)
             ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
-                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+                            st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -412,7 +453,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             trig = z >= prm[p, P_HP_Z_OPEN]
             sev = SEV_CRITICAL if z >= prm[p, P_HP_Z_CRIT] else SEV_WARNING
             ne = step_alert(c, R_HAMPEL, t, trig, trig, sev, sc, x1, 0, g,
-                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+                            st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -431,7 +472,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
             score = max(score, sc)
             sev = SEV_CRITICAL if q >= prm[p, P_RT_CRIT] else SEV_WARNING
             ne = step_alert(c, R_RATE, t, q >= 1.0, q >= 1.0, sev, sc, x, 0, g,
-                            st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+                            st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                             ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                             ne)  # fmt: skip
 
@@ -451,9 +492,9 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                     score = max(score, sc)
                     sev = SEV_CRITICAL if stat >= prm[p, P_CU + CS_CRIT] else SEV_WARNING
                     ne = step_alert(c, R_CUSUM, t, stat >= h, stat >= prm[p, P_CU + CS_CLOSE],
-                                    sev, sc, x, 0, g, st, a_sev, a_flap, a_since, a_last_open,
-                                    a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened,
-                                    ev_peak, ev_score, ev_sev, ne)  # fmt: skip
+                                    sev, sc, x, 0, g, st, a_row, a_free, a_sev, a_flap, a_since,
+                                    a_last_open, a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts,
+                                    ev_opened, ev_peak, ev_score, ev_sev, ne)  # fmt: skip
             if m < 2_000_000_000:
                 cu_n[c] = m + 1
 
@@ -482,7 +523,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                 score = max(score, sc)
                 sev = SEV_CRITICAL if az >= prm[p, P_SE_Z_CRIT] else SEV_WARNING
                 ne = step_alert(c, R_SEASONAL, t, az >= z_open, az >= prm[p, P_SE_Z_CLOSE], sev,
-                                sc, x, 0, g, st, a_sev, a_flap, a_since, a_last_open,
+                                sc, x, 0, g, st, a_row, a_free, a_sev, a_flap, a_since, a_last_open,
                                 a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened,
                                 ev_peak, ev_score, ev_sev, ne)  # fmt: skip
             # a reading stands for its share of the hour (the channel's typical interval)
@@ -540,17 +581,19 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
 
 
 @kernel
-def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
-                  st, a_sev, a_score, a_last_open, a_peak,
+def sweep_dropout(start, n_channels, now_ms, earliest_t, prof, prm, g, last_ts, ival,
+                  st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                   ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score,
                   ev_sev):  # fmt: skip
     """Open a dropout alert for every channel silent for ``factor`` x its interval (and at
-    least ``min_gap``) at event time ``now_ms``. Returns (next channel, events written)."""
+    least ``min_gap``) at event time ``now_ms``; give back the alert rows no reading from
+    ``earliest_t`` on can use. Returns (next channel, events written)."""
     cap = ev_ch.shape[0]
     ne = 0
     for c in range(start, n_channels):
-        if ne == cap:
+        if ne == cap or a_free[0] < 1:
             return c, ne
+        release_row(c, earliest_t, g, st, a_row, a_free, a_last_open)
         p = prof[c]
         if prm[p, P_DO_ON] <= 0 or st[c, R_DROPOUT] != ST_IDLE:
             continue
@@ -559,11 +602,14 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
             continue
         gap = now_ms - last
         if gap > prm[p, P_DO_FACTOR] * ival[c] and gap >= prm[p, P_DO_MIN_GAP_MS]:
+            b = a_row[c]
+            if b < 0:
+                b = take_row(c, a_row, a_free, a_flap, a_since, a_last_open)
             st[c, R_DROPOUT] = ST_OPEN
-            a_last_open[c, R_DROPOUT] = now_ms
-            a_sev[c, R_DROPOUT] = SEV_WARNING
-            a_score[c, R_DROPOUT] = DROPOUT_SCORE
-            a_peak[c, R_DROPOUT] = gap / 1000.0
+            a_last_open[b, R_DROPOUT] = now_ms
+            a_sev[b, R_DROPOUT] = SEV_WARNING
+            a_score[b, R_DROPOUT] = DROPOUT_SCORE
+            a_peak[b, R_DROPOUT] = gap / 1000.0
             ne = _emit(ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev, ne,
                        c, R_DROPOUT, EV_OPEN, now_ms, now_ms, gap / 1000.0, DROPOUT_SCORE,
                        SEV_WARNING)  # fmt: skip
@@ -573,7 +619,7 @@ def sweep_dropout(start, n_channels, now_ms, prof, prm, last_ts, ival,
 @kernel
 def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
                    nb_n, nb_base, nb_dev, nb_pos, nb_neg,
-                   st, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
+                   st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                    ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                    start):  # fmt: skip
     """The neighbour rule at the close of an interval ending at ``t``: channel ``rows[i]``
@@ -587,7 +633,7 @@ def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
     cap = ev_ch.shape[0]
     ne = 0
     for i in range(start, rows.shape[0]):
-        if ne == cap:
+        if ne == cap or a_free[0] < 1:
             return i, ne
         c = rows[i]
         p = prof[c]
@@ -607,7 +653,7 @@ def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
                 sev = SEV_CRITICAL if stat >= prm[p, P_NB + CS_CRIT] else SEV_WARNING
                 ne = step_alert(c, R_NEIGHBOUR, t, big or stat >= h,
                                 big or stat >= prm[p, P_NB + CS_CLOSE], sev, sc, value[i], 0, g,
-                                st, a_sev, a_flap, a_since, a_last_open, a_peak,
+                                st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak,
                                 a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                                 ev_score, ev_sev, ne)  # fmt: skip
         if m < 2_000_000_000:
