@@ -238,8 +238,7 @@ class Detector:
         self.g[bank.G_INTERVAL_MS] = self.interval_ms
         self.prm = build_params(settings, self.registry)
         self.n_profiles = len(self.registry.profiles)
-        if self.capacity:
-            self.assign_seasonal()
+        self.assign_seasonal()
 
     def _grow(self, need: int) -> None:
         cap = _doubled(self.capacity, need)
@@ -262,6 +261,7 @@ class Detector:
         """Give a seasonal row to every channel from ``start`` whose profile enables the
         seasonal rule and that has none yet."""
         n = self.registry.n
+        self._grow(n)
         se_row = self.state["se_row"]
         on = self.prm[self.registry.ch_profile[start:n], bank.P_SE_ON] > 0
         new = start + np.flatnonzero(on & (se_row[start:n] < 0))

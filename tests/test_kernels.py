@@ -442,3 +442,12 @@ def test_alert_rows_grow_with_alerting_channels_and_come_back_after_the_flap_win
     assert len(det.alert_rows["a_sev"]) > 64
     assert det.a_free[0] == len(det.alert_rows["a_sev"])  # every row free again
     assert (det.state["a_row"][:n] == -1).all()
+
+
+def test_a_detector_over_a_registry_with_many_channels_gives_each_its_seasonal_row():
+    s = from_dict({"rules": {"seasonal": {"enabled": True}}})
+    reg = Registry(s.channels)
+    for c in range(3000):  # more than the detector's first capacity
+        reg.channel(f"d{c}", "flow", "traffic", "g")
+    det = Detector(s, reg, Counters())
+    assert det.state["se_row"][:3000].tolist() == list(range(3000))
