@@ -8,6 +8,7 @@ Durations are in seconds in the file (keys end in ``_s``) and stay seconds here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,6 +379,8 @@ def _build(cls: type, table: Any, prefix: str, base: Any = None) -> Any:
 
 
 def _check_positive(key: str, value: float, strict: bool = True) -> None:
+    if value != value or value == math.inf:  # TOML has nan and inf
+        raise ConfigError(key, f"must be a finite number, got {value}")
     if value < 0 or (strict and value == 0):
         raise ConfigError(key, f"must be {'>' if strict else '>='} 0, got {value}")
 
@@ -452,7 +455,7 @@ def _validate(s: Settings) -> None:
                 _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, HampelParams):
                 _check_positive(f"{key}.z_open", p.z_open)
-                if p.z_critical < p.z_open:
+                if not p.z_critical >= p.z_open:  # also refuses nan
                     raise ConfigError(f"{key}.z_critical", "must be >= z_open")
                 if not 0 <= p.back < 1:
                     raise ConfigError(f"{key}.back", "must be >= 0 and < 1")
@@ -485,7 +488,7 @@ def _validate(s: Settings) -> None:
                     v = getattr(p, side)
                     if v == v:
                         _check_positive(f"{key}.{side}", v)
-                if p.critical_factor < 1:
+                if not p.critical_factor >= 1:  # also refuses nan
                     raise ConfigError(f"{key}.critical_factor", "must be >= 1")
                 _check_positive(f"{key}.min_dt_s", p.min_dt_s)
             elif isinstance(p, DropoutParams):
@@ -521,7 +524,11 @@ def _validate_mqtt(m: MqttSettings) -> None:
     if m.protocol not in ("5", "3.1.1"):
         raise ConfigError("mqtt.protocol", f'must be "5" or "3.1.1", got {m.protocol!r}')
     _check_positive("mqtt.keepalive_s", m.keepalive_s)
+    if m.keepalive_s > 65_535:  # MQTT's two-byte field
+        raise ConfigError("mqtt.keepalive_s", f"must be <= 65535, got {m.keepalive_s}")
     _check_positive("mqtt.session_expiry_s", m.session_expiry_s, strict=False)
+    if m.session_expiry_s > 0xFFFF_FFFF:  # MQTT 5's four-byte property
+        raise ConfigError("mqtt.session_expiry_s", "must be <= 4294967295")
     for key in ("password_file", "ca_file", "cert_file", "key_file"):
         path = getattr(m, key)
         if path and not Path(path).is_file():
@@ -529,7 +536,7 @@ def _validate_mqtt(m: MqttSettings) -> None:
     if bool(m.cert_file) != bool(m.key_file):
         raise ConfigError("mqtt.cert_file", "a client certificate needs cert_file and key_file")
     _check_positive("mqtt.reconnect_min_s", m.reconnect_min_s)
-    if m.reconnect_max_s < m.reconnect_min_s:
+    if not m.reconnect_max_s >= m.reconnect_min_s:  # also refuses nan
         raise ConfigError("mqtt.reconnect_max_s", "must be >= mqtt.reconnect_min_s")
     if not all(valid_id(seg) for seg in m.alert_prefix.split("/")):
         raise ConfigError("mqtt.alert_prefix", f"not a plain topic prefix: {m.alert_prefix!r}")

@@ -21,6 +21,7 @@ raises.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from streamproc.config import Settings
 from streamproc.counters import (
     CAPACITY,
     EMPTY,
+    ERROR,
     FAR_FUTURE,
     INVALID_ID,
     INVALID_VALUE,
@@ -54,6 +56,7 @@ MIN_TS_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _MAX_S = MAX_TS_MS // 1000
 SENML_RELATIVE_S = 2**28  # RFC 8428: smaller SenML times are seconds relative to "now"
+_MAX_FLOAT = int(sys.float_info.max)  # a larger int + a float raises OverflowError
 
 RESERVED = frozenset(("ts", "device", "kind", "group"))
 SENML_KEYS = frozenset(("bn", "bt", "n", "v", "bu", "bver"))
@@ -96,8 +99,8 @@ class Decoder:
         try:
             result, detail = self._decode(topic, payload, recv_ms)
         except Exception as exc:  # the contract: nothing escapes, whatever the input
-            self.internal_errors += 1
-            result, detail = MALFORMED, f"{_short(topic)}: internal error {type(exc).__name__}"
+            self.internal_errors += 1  # a bug, counted as such, not as bad input
+            result, detail = ERROR, f"{_short(topic)}: internal error {type(exc).__name__}: {exc}"
         self.counters.message(result, detail)
 
     def topic_fields(self, topic: str) -> TopicFields | str:
@@ -139,7 +142,7 @@ class Decoder:
             if doc is _BAD_JSON:
                 return MALFORMED, f"{_short(topic)}: not JSON"
         kind, group, device, metric = fields
-        n0 = len(self.builder)
+        n0 = len(self.builder.idx)  # no Python-level __len__ per message
         t = type(doc)
         if t is dict:
             bad = self._object(doc, topic, kind, group, device, metric, recv_ms)
@@ -159,7 +162,7 @@ class Decoder:
             self._reading(topic, device, metric, kind, group, recv_ms, doc)
         else:
             return MALFORMED, f"{_short(topic)}: unexpected {t.__name__}"
-        return _OK if len(self.builder) > n0 else _EMPTY
+        return _OK if len(self.builder.idx) > n0 else _EMPTY
 
     def _object(
         self,
@@ -282,7 +285,7 @@ class Decoder:
             ts = round(s * 1000)
             if s < SENML_RELATIVE_S:
                 ts += recv_ms
-            if bv and (type(v) is int or type(v) is float):
+            if bv and _number(v) is not None:
                 v = v + bv
             self._reading(topic, dev, m, kind, group, ts, v)
 
@@ -371,9 +374,10 @@ def _ts_ms(x: Any) -> int | None:
 
 
 def _number(x: Any) -> int | float | None:
-    """x if it is a finite JSON number (not a bool), else None."""
+    """x if it is a finite JSON number (not a bool) within float range, else None; so sums
+    with floats cannot overflow."""
     t = type(x)
-    if t is int or (t is float and x - x == 0.0):
+    if (t is int and -_MAX_FLOAT <= x <= _MAX_FLOAT) or (t is float and x - x == 0.0):
         return x
     return None
 
