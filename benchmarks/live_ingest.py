@@ -1,44 +1,123 @@
 """Live ingest, end to end: a simulated feed published at full speed to a private mosquitto,
-through ``streamproc run`` (all detectors, alert log, snapshots, alerts to MQTT), QoS 1 and 0.
+through ``streamproc run`` (all detectors, alert log, snapshots, alerts to MQTT), QoS 1 and 0;
+and, for comparison, the same stream to a bare gmqtt subscriber that only counts.
 
-    python benchmarks/live_ingest.py [--channels 500] [--duration 1d]
+    python benchmarks/live_ingest.py [--channels 500] [--duration 1d] [--qos 1 0] [--raw]
 
-Reports messages per second from the first publish to the last message processed. The feed
-covers a whole simulated day in seconds, so it also writes one snapshot interval (three
-Parquet files) every few milliseconds: far more snapshot work than live traffic causes.
+Reports messages per second from the first publish to the last message processed (daemon) or
+received (bare subscriber: same protocol, filters and QoS as the daemon, in its own process).
+The publisher is streamproc's own (gmqtt over MQTT 5: at QoS 1 it waits for the broker's window
+of 20 unacknowledged messages, which limits the stream), or with ``--raw`` the raw-socket one
+of ``mqtt_clients.py`` (MQTT 3.1.1, no window: the subscriber sets the pace).
+The feed covers a whole simulated day in seconds, so it also writes one snapshot interval
+(three Parquet files) every few milliseconds: far more snapshot work than live traffic causes.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import gmqtt
 import pyarrow.parquet as pq
+from gmqtt.mqtt.constants import MQTTv50
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import mqtt_clients
+from streamproc.config import load
+from streamproc.daemon import subscriptions
 from streamproc.sources import simulate as sim
 from tests.live import DaemonProcess, publish_all
 from tests.mosquitto import Broker
+
+Messages = list[tuple[str, bytes]]
+
+
+def send(broker: Broker, rows: Messages, qos: int, packets: list[bytes] | None) -> None:
+    """Publish the rows: as the raw ``packets`` of them if given, else with streamproc's own
+    publisher."""
+    if packets is None:
+        publish_all(broker.url, rows, qos=qos)
+    else:
+        mqtt_clients.publish(broker.port, packets, qos)
+
+
+async def _count(port: int, qos: int, expected: int) -> None:
+    """Subscribe like the daemon, print READY, count; print the time of the last message."""
+    done = asyncio.Event()
+    subscribed = asyncio.Event()
+    seen = 0
+    last = 0.0
+
+    def on_message(
+        client: gmqtt.Client, topic: str, payload: bytes, qos: int, props: object
+    ) -> int:
+        nonlocal seen, last
+        seen += 1
+        last = time.monotonic()
+        if seen >= expected:
+            done.set()
+        return 0
+
+    client = gmqtt.Client("bench-bare")
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    await client.connect("127.0.0.1", port, version=MQTTv50)
+    topics = subscriptions(load(None))
+    client.subscribe([gmqtt.Subscription(t, qos=qos) for t in topics])
+    await subscribed.wait()
+    print("READY", flush=True)
+    await asyncio.wait_for(done.wait(), 600)
+    print(json.dumps({"count": seen, "last": last}), flush=True)
+    await client.disconnect()
+
+
+def bare(broker: Broker, rows: Messages, qos: int, packets: list[bytes] | None) -> float:
+    """Seconds from the first publish to the last message at a bare gmqtt subscriber."""
+    args = [sys.executable, __file__, "--bare-port", str(broker.port), "--qos", str(qos)]
+    with subprocess.Popen([*args, "--expect", str(len(rows))], stdout=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "READY":
+            raise RuntimeError("the bare subscriber did not start")
+        start = time.monotonic()
+        send(broker, rows, qos, packets)
+        report = json.loads(proc.stdout.readline())
+    return float(report["last"]) - start
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--channels", type=int, default=500)
     ap.add_argument("--duration", default="1d")
+    ap.add_argument("--qos", type=int, nargs="+", choices=(0, 1), default=[1, 0])
+    ap.add_argument("--raw", action="store_true", help="publish with the raw-socket publisher")
+    ap.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare_port:
+        asyncio.run(_count(args.bare_port, args.qos[0], args.expect))
+        return
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         cfg = sim.SimConfig(args.channels, sim.parse_duration(args.duration), seed=3)
         feed, _ = sim.write(cfg, work / "feed")
         rows = [(topic, payload) for _, topic, payload in sim.iter_messages(pq.read_table(feed))]
-        for qos in (1, 0):
+        for qos in args.qos:
             run = work / f"qos{qos}"
+            packets = mqtt_clients.encode(rows, qos) if args.raw else None
             with Broker(run / "mq") as broker:
+                seconds = bare(broker, rows, qos, packets)
+                print(f"QoS {qos}: bare gmqtt subscriber: {len(rows) / seconds:,.0f} msg/s")
+                base = len(rows) / seconds
                 args_ = [
                     "run",
                     "--broker",
@@ -52,7 +131,7 @@ def main() -> None:
                 try:
                     d.wait_ready()
                     start = time.monotonic()
-                    publish_all(broker.url, rows, qos=qos)
+                    send(broker, rows, qos, packets)
                     published = time.monotonic() - start
                     d.wait_messages(len(rows), timeout=600)
                     done = time.monotonic() - start
@@ -63,7 +142,8 @@ def main() -> None:
                     print(f"QoS {qos}: {len(rows):,} messages ({readings:,.0f} readings); "
                           f"published in {published:.2f} s, processed in {done:.2f} s: "
                           f"{len(rows) / done:,.0f} msg/s, {readings / done:,.0f} readings/s; "
-                          f"batches {batch_s:.2f} s of which snapshots {snap_s:.2f} s")  # fmt: skip
+                          f"batches {batch_s:.2f} s, snapshot writes {snap_s:.2f} s; "
+                          f"{len(rows) / done / base:.0%} of the bare subscriber")  # fmt: skip
                     d.stop()
                 finally:
                     d.kill()

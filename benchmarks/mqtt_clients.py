@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -65,15 +66,27 @@ def _string(s: str) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
+def encode(messages: Iterable[tuple[str, bytes]], qos: int) -> list[bytes]:
+    """PUBLISH packets of (topic, payload) pairs."""
+    packets = []
+    for i, (topic, payload) in enumerate(messages):
+        pid = struct.pack("!H", i % 65535 + 1) if qos else b""
+        packets.append(_packet(0x30 | qos << 1, _string(topic) + pid + payload))
+    return packets
+
+
 def encode_messages(n: int, qos: int) -> list[bytes]:
     """N PUBLISH packets of a small JSON reading to city/g1/air/dev{i % 1000}/pm25."""
-    packets = []
-    for i in range(n):
-        topic = _string(f"city/g1/air/dev{i % 1000}/pm25")
-        payload = b'{"ts": %d, "value": 12.5}' % (1_700_000_000_000 + i)
-        pid = struct.pack("!H", i % 65535 + 1) if qos else b""
-        packets.append(_packet(0x30 | qos << 1, topic + pid + payload))
-    return packets
+    return encode(
+        (
+            (
+                f"city/g1/air/dev{i % 1000}/pm25",
+                b'{"ts": %d, "value": 12.5}' % (1_700_000_000_000 + i),
+            )
+            for i in range(n)
+        ),
+        qos,
+    )
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:

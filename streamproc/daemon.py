@@ -11,7 +11,8 @@ One asyncio event loop does everything, in this order of events::
                                        intervals, save the state, exit 0
 
 While a batch runs the loop reads nothing, so a slow batch holds messages back in the socket
-and the broker (backpressure) instead of piling them up in memory.
+and the broker (backpressure) instead of piling them up in memory. Snapshot files and the
+periodic checkpoints are written by the pipeline's writer thread, in the order handed over.
 """
 
 from __future__ import annotations
@@ -138,15 +139,16 @@ class Daemon:
             fn()
 
     async def _checkpoints(self) -> None:
-        """Every checkpoint.interval_s: copy the state between batches, write the copy in a
-        thread while ingest goes on."""
+        """Every checkpoint.interval_s: copy the state between batches; the writer thread
+        writes the copy while ingest goes on, after the interval files handed to it before,
+        so the files of every interval the checkpoint counts as written exist first."""
         while True:
             await asyncio.sleep(self.settings.checkpoint.interval_s)
             self.pipeline.flush()
             start = time.perf_counter()
             arrays = self.checkpointer.take()
-            self._writing = asyncio.ensure_future(
-                asyncio.to_thread(self.checkpointer.write, arrays)
+            self._writing = asyncio.wrap_future(
+                self.pipeline.writer.submit(self.checkpointer.write, arrays)
             )
             try:
                 size = await asyncio.shield(self._writing)
@@ -183,8 +185,9 @@ class Daemon:
                  summary["alerts_open_now"], summary["messages"])  # fmt: skip
 
     def save_checkpoint(self) -> None:
-        """Save now, on the event loop (at shutdown)."""
+        """Save now, on the event loop (at shutdown), once the interval files are written."""
         self.pipeline.flush()
+        self.pipeline.drain()
         start = time.perf_counter()
         try:
             size = self.checkpointer.write(self.checkpointer.take())

@@ -47,7 +47,7 @@ METRICS = (
     ("streamproc_mqtt_reconnects_total", "counter", "Connections made after the first"),
     ("streamproc_alerts_published_total", "counter", "Alert messages handed to the broker"),
     ("streamproc_publish_errors_total", "counter", "Alert messages that could not be sent"),
-    ("streamproc_snapshot_seconds", "histogram", "Time to write one interval's Parquet files"),
+    ("streamproc_snapshot_seconds", "histogram", "Time to write a batch's interval files"),
     ("streamproc_sink_errors_total", "counter", "Failed writes by sink"),
     ("streamproc_checkpoint_seconds", "histogram", "Time to write one checkpoint"),
     ("streamproc_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint"),

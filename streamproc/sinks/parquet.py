@@ -8,14 +8,14 @@ Layout (``kind`` and ``date`` are Hive partition columns, not stored in the file
 date and stamp are those of the interval start (UTC). Each file is written to
 ``.<name>.<pid>.tmp`` in its folder, fsynced and renamed into place, so readers globbing
 ``*.parquet`` never see a partial file. Files are 0o640, folders 0o750. On an ``OSError``
-the temporary file is removed and the error raised (files already renamed into place for
-other kinds of the same interval stay).
+the temporary file is removed; the other files are still written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -32,6 +32,10 @@ from streamproc.sinks.jsonl import FILE_MODE, make_dirs
 TS = pa.timestamp("ms", tz="UTC")
 NAME = pa.dictionary(pa.int32(), pa.string())
 COMPRESSION = "zstd"
+WRITE_THREADS = 4  # files written at once by write_files
+_FILE_POOL = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="streamproc-file")
+
+File = tuple[pa.Table, Path]  # a table and where it goes
 
 SNAPSHOT_SCHEMA = pa.schema(
     [
@@ -79,8 +83,28 @@ def partition_path(out_dir: Path, table: str, kind: str, start_ms: int) -> Path:
     )
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` via a hidden temporary file, fsync, rename, fsync folder."""
+def write_files(files: list[File]) -> list[OSError | None]:
+    """Write each table to its path atomically; each file's error, or None once it is in place.
+
+    The temporary files are written and fsynced at once, on ``WRITE_THREADS`` threads shared
+    by all writers (a file system commits concurrent fsyncs together), then renamed into place
+    in the order given; then their folders are fsynced."""
+    tmps = [_FILE_POOL.submit(_write_tmp, table, path) for table, path in files]
+    errors: list[OSError | None] = []
+    for (_, path), tmp in zip(files, tmps, strict=True):
+        try:
+            _rename(tmp.result(), path)
+        except OSError as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    written = zip(files, errors, strict=True)
+    list(_FILE_POOL.map(_fsync_dir, {path.parent for (_, path), e in written if e is None}))
+    return errors
+
+
+def _write_tmp(table: pa.Table, path: Path) -> Path:
+    """``table`` in a hidden temporary file next to ``path``, fsynced; removed if that fails."""
     make_dirs(path.parent)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
@@ -89,12 +113,28 @@ def write_atomic(table: pa.Table, path: Path) -> None:
             pq.write_table(table, f, compression=COMPRESSION)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _rename(tmp: Path, path: Path) -> None:
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+
+
+def _write_or_raise(files: list[File]) -> list[Path]:
+    """``write_files``, raising the first error; the paths."""
+    error = next((e for e in write_files(files) if e is not None), None)
+    if error is not None:
+        raise error
+    return [path for _, path in files]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,21 +222,23 @@ class SnapshotWriter:
         ]
         return pa.Table.from_arrays(cols, schema=SNAPSHOT_SCHEMA)
 
-    def write_interval(self, start_ms: int, end_ms: int, rows: ChannelRows) -> list[Path]:
-        """Write the interval's rows, one file per kind that has rows; returns the paths."""
+    def files(self, start_ms: int, end_ms: int, rows: ChannelRows) -> list[File]:
+        """The interval's rows as files to write, one per kind that has rows."""
         if len(rows.channel) == 0:
             return []
         kinds = self.registry.ch_kind[np.asarray(rows.channel, np.int64)]
         unique = np.unique(kinds)
-        paths = []
+        files = []
         for k in unique:
             sel = None if len(unique) == 1 else np.flatnonzero(kinds == k)
-            path = partition_path(
-                self.out_dir, "snapshots", self.registry.kinds.names[int(k)], start_ms
-            )
-            write_atomic(self.table(start_ms, end_ms, rows, sel), path)
-            paths.append(path)
-        return paths
+            kind = self.registry.kinds.names[int(k)]
+            table = self.table(start_ms, end_ms, rows, sel)
+            files.append((table, partition_path(self.out_dir, "snapshots", kind, start_ms)))
+        return files
+
+    def write_interval(self, start_ms: int, end_ms: int, rows: ChannelRows) -> list[Path]:
+        """Write the interval's ``files``; returns the paths; raises the first error."""
+        return _write_or_raise(self.files(start_ms, end_ms, rows))
 
 
 class AlertParquetWriter:
@@ -225,14 +267,17 @@ class AlertParquetWriter:
         ]
         return pa.Table.from_arrays(cols, schema=ALERT_SCHEMA)
 
-    def write_interval(self, start_ms: int, end_ms: int, alerts: list[Alert]) -> list[Path]:
-        """Write the alerts (in order), one file per kind; returns the paths."""
+    def files(self, start_ms: int, alerts: list[Alert]) -> list[File]:
+        """The alerts (in order) of the interval starting at ``start_ms`` as files to write,
+        one per kind."""
         by_kind: dict[str, list[Alert]] = {}
         for a in alerts:
             by_kind.setdefault(a.kind, []).append(a)
-        paths = []
-        for kind, group in by_kind.items():
-            path = partition_path(self.out_dir, "alerts", kind, start_ms)
-            write_atomic(self.table(group), path)
-            paths.append(path)
-        return paths
+        return [
+            (self.table(group), partition_path(self.out_dir, "alerts", kind, start_ms))
+            for kind, group in by_kind.items()
+        ]
+
+    def write_interval(self, start_ms: int, end_ms: int, alerts: list[Alert]) -> list[Path]:
+        """Write the alerts' ``files``; returns the paths; raises the first error."""
+        return _write_or_raise(self.files(start_ms, alerts))
