@@ -134,9 +134,14 @@ class Daemon:
         return 0
 
     async def _every(self, seconds: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at a fixed rate (the time ``fn`` takes is not added to the period;
+        after a stall the schedule starts again from now)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + seconds
         while True:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(max(0.0, due - loop.time()))
             fn()
+            due = max(due + seconds, loop.time())
 
     async def _checkpoints(self) -> None:
         """Every checkpoint.interval_s: copy the state between batches; the writer thread
