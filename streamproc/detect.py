@@ -196,6 +196,7 @@ class Detector:
         self.counters = counters
         self.window = settings.detect.window
         self.spec = _state_spec(self.window)
+        self.scratch = np.empty(self.window)  # the kernels allocate nothing
         self.state: dict[str, np.ndarray] = {}
         self.capacity = 0
         self._grow(1024)
@@ -312,7 +313,7 @@ class Detector:
         n_in = b - a
         while a < b:
             a, ne = bank.process_readings(
-                batch.idx, batch.ts_ms, batch.value, a, b, late_before, scores,
+                batch.idx, batch.ts_ms, batch.value, a, b, late_before, scores, self.scratch,
                 self.registry.ch_profile, self.prm, self.g,
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
                 s["flat_n"], s["flat_t0"], s["flat_p"],

@@ -296,7 +296,7 @@ def _cusum(c, e, m, base, dev, pos, neg, prm, p, o):
 
 
 @kernel
-def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
+def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf,
                      prof, prm, g,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
                      cu_n, cu_base, cu_dev, cu_pos, cu_neg,
@@ -306,13 +306,13 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                      counts):  # fmt: skip
     """Run readings ``start..stop`` of a batch; returns (next reading, events written).
+    ``buf`` is scratch space of at least ``window`` floats.
 
     Stops early, before a reading, when fewer than N_RULES event slots or no free alert row
     remain; the caller drains the events (grows the alert tables) and calls again from the
     returned position.
     """
     window = ring.shape[1]
-    buf = np.empty(window)
     interval_ms = np.int64(g[G_INTERVAL_MS])
     cap = ev_ch.shape[0]
     ne = 0
