@@ -3,14 +3,18 @@ through ``streamproc run`` (all detectors, alert log, snapshots, alerts to MQTT)
 and, for comparison, the same stream to a bare gmqtt subscriber that only counts.
 
     python benchmarks/live_ingest.py [--channels 500] [--duration 1d] [--qos 1 0] [--raw]
+                                     [--batch N]
 
 Reports messages per second from the first publish to the last message processed (daemon) or
 received (bare subscriber: same protocol, filters and QoS as the daemon, in its own process).
 The publisher is streamproc's own (gmqtt over MQTT 5: at QoS 1 it waits for the broker's window
 of 20 unacknowledged messages, which limits the stream), or with ``--raw`` the raw-socket one
 of ``mqtt_clients.py`` (MQTT 3.1.1, no window: the subscriber sets the pace).
-The feed covers a whole simulated day in seconds, so it also writes one snapshot interval
-(three Parquet files) every few milliseconds: far more snapshot work than live traffic causes.
+With ``--batch N`` the feed's messages are regrouped, in order, into gateway batches
+(``{"readings": [entry, ...]}``, each entry naming its device, kind and group) of about N
+readings each. The feed covers a whole simulated day in seconds, so it also writes one
+snapshot interval (three Parquet files) every few milliseconds: far more snapshot work than
+live traffic causes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,24 @@ from tests.live import DaemonProcess, publish_all
 from tests.mosquitto import Broker
 
 Messages = list[tuple[str, bytes]]
+
+
+def gateway_batches(rows: Messages, readings: int) -> Messages:
+    """The messages regrouped into gateway batches of about ``readings`` readings each."""
+    out: Messages = []
+    entries: list[dict[str, object]] = []
+    n = 0
+    for topic, payload in rows:
+        _, group, kind, device = topic.split("/")[:4]
+        entry = json.loads(payload)
+        entries.append({**entry, "device": device, "kind": kind, "group": group})
+        n += len(entry) - 1  # every key but ts is a metric
+        if n >= readings:
+            out.append((topic, json.dumps({"readings": entries}).encode()))
+            entries, n = [], 0
+    if entries:
+        out.append((rows[-1][0], json.dumps({"readings": entries}).encode()))
+    return out
 
 
 def send(broker: Broker, rows: Messages, qos: int, packets: list[bytes] | None) -> None:
@@ -100,6 +122,7 @@ def main() -> None:
     ap.add_argument("--duration", default="1d")
     ap.add_argument("--qos", type=int, nargs="+", choices=(0, 1), default=[1, 0])
     ap.add_argument("--raw", action="store_true", help="publish with the raw-socket publisher")
+    ap.add_argument("--batch", type=int, help="regroup into gateway batches of N readings")
     ap.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -111,6 +134,8 @@ def main() -> None:
         cfg = sim.SimConfig(args.channels, sim.parse_duration(args.duration), seed=3)
         feed, _ = sim.write(cfg, work / "feed")
         rows = [(topic, payload) for _, topic, payload in sim.iter_messages(pq.read_table(feed))]
+        if args.batch:
+            rows = gateway_batches(rows, args.batch)
         for qos in args.qos:
             run = work / f"qos{qos}"
             packets = mqtt_clients.encode(rows, qos) if args.raw else None
