@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gmqtt
+import pyarrow.parquet as pq
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc.config import MqttSettings
+from streamproc.config import MqttSettings, SnapshotSettings, load
+from streamproc.pipeline import Pipeline
 from streamproc.publisher import publish
-from tests.mosquitto import free_port
+from streamproc.sources import simulate as sim
+from tests.mosquitto import HOST, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -115,6 +122,91 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def rss(self) -> int:
+        """Resident memory of the process in bytes (Linux /proc)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kb) * 1024
+
+
+@dataclass(frozen=True)
+class Feed:
+    messages: list[tuple[str, bytes]]
+    path: Path
+    readings: int  # what a replay of the whole feed processes
+    alert_lines: list[str]  # and the alerts.jsonl it writes
+    replay_dir: Path  # and its output folder
+    arrival_ms: list[int]  # each message's receive time in the feed
+
+    def readings_of(self, k: int) -> int:
+        """What a replay of the first ``k`` messages processes (nothing written)."""
+        settings = dataclasses.replace(load(None), snapshots=SnapshotSettings(enabled=False))
+        pipeline = Pipeline(settings, self.replay_dir / "prefix")
+        for ts, (topic, payload) in zip(self.arrival_ms[:k], self.messages[:k], strict=True):
+            pipeline.message(topic, payload, ts)
+        pipeline.flush()
+        pipeline.writer.close()
+        pipeline.alert_log.close()
+        return pipeline.counters.readings
+
+
+def make_feed(folder: Path, channels: int = 300, duration_s: int = 43_200, seed: int = 3) -> Feed:
+    """A simulated feed as MQTT messages, and what a replay of it gives (the defaults: half a
+    day of 300 channels, about 23k messages and 40 alert events)."""
+    path, _ = sim.write(sim.SimConfig(channels=channels, duration_s=duration_s, seed=seed), folder)
+    rows = list(sim.iter_messages(pq.read_table(path)))
+    replay_dir = folder / "replay"
+    pipeline = Pipeline(load(None), replay_dir)
+    for ts, topic, payload in rows:
+        pipeline.message(topic, payload, ts)
+    pipeline.close()
+    lines = (replay_dir / "alerts.jsonl").read_text().splitlines()
+    messages = [(topic, payload) for _, topic, payload in rows]
+    arrivals = [ts for ts, _, _ in rows]
+    return Feed(messages, path, pipeline.counters.readings, lines, replay_dir, arrivals)
+
+
+def snapshot_counts(out: Path) -> Counter[int]:
+    """Sum of the snapshot ``count`` column per interval start (epoch ms) under ``out``."""
+    counts: Counter[int] = Counter()
+    for f in (out / "snapshots").rglob("*.parquet"):
+        t = pq.read_table(f, columns=["interval_start", "count"], partitioning=None)
+        for start, n in zip(
+            t.column(0).cast("int64").to_pylist(), t.column(1).to_pylist(), strict=True
+        ):
+            counts[start] += n
+    return counts
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    size, head = len(body), bytearray([kind])
+    while True:
+        size, digit = divmod(size, 128)
+        head.append(digit | 0x80 if size else digit)
+        if not size:
+            return bytes(head) + body
+
+
+def _str(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+def raw_publish_qos0(port: int, messages: list[tuple[str, bytes]]) -> int:
+    """Write MQTT 3.1.1 QoS 0 PUBLISH packets to the broker as fast as the socket takes them
+    (no flow control, no acknowledgements); the number written."""
+    connect = _packet(0x10, _str(b"MQTT") + bytes([4, 2]) + (60).to_bytes(2, "big") + _str(b""))
+    blob = b"".join(_packet(0x30, _str(t.encode()) + p) for t, p in messages)
+    with socket.create_connection((HOST, port), timeout=30) as sock:
+        sock.sendall(connect)
+        connack = sock.recv(4)
+        assert connack[:2] == b"\x20\x02" and connack[3] == 0, connack
+        sock.sendall(blob)
+        sock.sendall(b"\xe0\x00")  # DISCONNECT: the broker reads everything before it
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)  # the broker closes once it has read the DISCONNECT
+    return len(messages)
 
 
 def publish_all(

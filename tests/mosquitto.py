@@ -192,7 +192,9 @@ class Broker(_Server):
     """A mosquitto broker on 127.0.0.1:<free port>, configured and logging in `workdir`.
 
     Persistence is on (the database is written on stop), so persistent sessions and their
-    queued QoS 1 messages survive `restart()`, which reuses the same port.
+    queued QoS 1 messages survive `restart()`, which reuses the same port. `max_queued_messages`
+    (0: unlimited) bounds each client's queue; beyond it mosquitto drops and counts in
+    `$SYS/broker/publish/messages/dropped`, published every `sys_interval` seconds.
     """
 
     def __init__(
@@ -202,6 +204,8 @@ class Broker(_Server):
         users: dict[str, str] | None = None,
         tls: Certs | None = None,
         require_client_cert: bool = False,
+        max_queued_messages: int = 0,
+        sys_interval: int = 10,
     ) -> None:
         binary = find_binary("mosquitto")
         if binary is None:
@@ -211,6 +215,8 @@ class Broker(_Server):
         self.users = dict(users or {})
         self.tls = tls
         self.require_client_cert = require_client_cert
+        self.max_queued_messages = max_queued_messages
+        self.sys_interval = sys_interval
         self.port = free_port()
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
@@ -240,7 +246,8 @@ class Broker(_Server):
             "persistence true",
             f"persistence_location {data}/",
             "autosave_interval 0",
-            "max_queued_messages 0",
+            f"max_queued_messages {self.max_queued_messages}",
+            f"sys_interval {self.sys_interval}",
             f"log_dest file {self.log_path}",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]

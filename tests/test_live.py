@@ -8,43 +8,21 @@ import json
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import pyarrow.parquet as pq
 import pytest
 
-from streamproc.config import load
-from streamproc.pipeline import Pipeline
-from streamproc.sources import simulate as sim
-from tests.live import DaemonProcess, collect, publish_all
+from tests.live import DaemonProcess, Feed, collect, make_feed, publish_all
 from tests.mosquitto import Broker, Certs, Prometheus
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mosquitto_bin")]
 
 
-@dataclass(frozen=True)
-class Feed:
-    messages: list[tuple[str, bytes]]
-    path: Path
-    readings: int  # what a replay of the whole feed processes
-    alert_lines: list[str]  # and the alerts.jsonl it writes
-
-
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Feed:
     """Half a simulated day of 300 channels, about 23k messages and 40 alert events."""
-    folder = tmp_path_factory.mktemp("feed")
-    path, _ = sim.write(sim.SimConfig(channels=300, duration_s=43_200, seed=3), folder)
-    rows = list(sim.iter_messages(pq.read_table(path)))
-    pipeline = Pipeline(load(None), folder / "replay")
-    for ts, topic, payload in rows:
-        pipeline.message(topic, payload, ts)
-    pipeline.close()
-    lines = (folder / "replay" / "alerts.jsonl").read_text().splitlines()
-    messages = [(topic, payload) for _, topic, payload in rows]
-    return Feed(messages, path, pipeline.counters.readings, lines)
+    return make_feed(tmp_path_factory.mktemp("feed"))
 
 
 def _alert_ids(lines: list[str]) -> list[tuple[str, str]]:
