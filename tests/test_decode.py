@@ -1,26 +1,24 @@
-"""streamproc.decode: payload forms, message results, drop reasons; decode never raises."""
+"""streamproc.decode: payload forms, message results, drop reasons. The properties over
+fuzzed input (decode never raises, one result per message, every reading appended or dropped
+once) are in tests/test_bad_input.py, with the strategies in tests/fuzzing.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from streamproc import counters as cn
 from streamproc import decode as decode_mod
 from streamproc.batch import BatchBuilder
 from streamproc.config import ChannelSettings, Settings, from_dict
 from streamproc.counters import Counters
-from streamproc.decode import MAX_TS_MS, Decoder
+from streamproc.decode import Decoder
 from streamproc.registry import Registry
 from streamproc.times import parse_rfc3339_ms
-from streamproc.topics import valid_id
 
 RECV = 1_800_000_000_000  # receive time, epoch ms (2027: after every payload time used)
 T0 = 1_690_000_000  # an event time, epoch s
@@ -504,173 +502,6 @@ def test_log_detail_is_short(rig: Rig, caplog: pytest.LogCaptureFixture) -> None
     assert len(caplog.records) == 3
     assert "city/north/air/st1" in caplog.text
     assert all(len(r.getMessage()) < 300 for r in caplog.records)
-
-
-# ---------------------------------------------------------------- properties
-
-TOPICS = st.sampled_from(
-    [
-        "city/north/air/st1/pm25",
-        "city/north/air/st1",
-        "city/south/traffic/gw1",
-        "city/north/ufo/st1",
-        "city/a b/air/st#1/+",
-    ]
-) | st.text(max_size=40)
-NUMBERS = (
-    st.integers()
-    | st.floats()
-    | st.sampled_from([T0, T0 * 1000, T0 + 0.5, 2**28, -5, 0, 2**64, 1e20, 1e300, -1e300])
-    | st.sampled_from([10**400, -(10**400), math.nan, math.inf, -math.inf])
-)
-TIMES = (
-    NUMBERS
-    | st.sampled_from(["2024-01-01T00:00:00Z", "1999-01-01", "0001-01-01T00:00:00+14:00"])
-    | st.sampled_from(["9999-12-31T23:59-23:59", "nope", "", "2024-01-01T00:00:00\x00"])
-)
-VALUES = (
-    NUMBERS | st.none() | st.booleans() | st.text(max_size=4) | st.lists(st.integers(), max_size=2)
-)
-IDS = (
-    st.sampled_from(["st1", "st2", "air", "traffic", "ufo", "south", "a+b", "a/b", "", "urn:d:x:"])
-    | st.sampled_from(["x" * 129, "st1/pm25", "#", "a b", "\x00"])
-    | st.text(max_size=5)
-    | st.integers()
-    | st.none()
-)
-NOT_METRICS = decode_mod.RESERVED | decode_mod.SENML_KEYS | {"value", "metric", "readings"}
-METRICS = (st.sampled_from(["pm25", "no2", "o3", "a b", "x/y", ""]) | st.text(max_size=4)).filter(
-    lambda k: k not in NOT_METRICS
-)
-FIELDS = {"ts": TIMES, "device": IDS, "kind": IDS, "group": IDS}
-RECORDS = st.builds(
-    lambda fields, metrics: {**fields, **metrics},
-    st.fixed_dictionaries({}, optional=FIELDS),
-    st.dictionaries(METRICS, VALUES, max_size=3)
-    | st.fixed_dictionaries({"value": VALUES}, optional={"metric": IDS}),
-)
-SENML_RECORDS = st.fixed_dictionaries(
-    {},
-    optional={
-        **{k: IDS for k in ("bn", "n")},
-        **{k: TIMES for k in ("bt", "t")},
-        **{k: VALUES for k in ("bv", "v", "vs", "vb", "s")},
-        "bver": st.just(10),
-    },
-).filter(lambda r: not decode_mod.SENML_KEYS.isdisjoint(r))
-KEY_NAMES = ("ts", "value", "metric", "device", "kind", "group", "readings", "bn", "bt", "bv")
-KEYS = st.sampled_from((*KEY_NAMES, "n", "v", "t", "vs", "vb", "s", "pm25", "no2", "a/b", ""))
-SCALARS = st.none() | st.booleans() | NUMBERS | st.text(max_size=10)
-JSON = st.recursive(
-    SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=5),
-    max_leaves=25,
-)
-MESSAGES = (
-    RECORDS
-    | st.builds(
-        lambda f, rs: {**f, "readings": rs},
-        st.fixed_dictionaries({}, optional=FIELDS),
-        st.lists(RECORDS | VALUES, max_size=4),
-    )
-    | st.lists(RECORDS, max_size=4)
-    | st.lists(SENML_RECORDS | VALUES, min_size=1, max_size=5)
-    | VALUES
-    | JSON
-)
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _check_one_call(r: Rig, topic: str, payload: bytes, recv_ms: int = RECV) -> None:
-    """Exactly one result per call; readings are added iff the result is OK, and they are sane."""
-    before = sum(r.counters.messages.values())
-    ok_before = r.counters.messages[cn.OK]
-    n0 = len(r.builder)
-    r.decoder.decode(topic, payload, recv_ms)
-    assert r.decoder.internal_errors == 0
-    assert sum(r.counters.messages.values()) == before + 1
-    added = len(r.builder) - n0
-    assert (added > 0) == (r.counters.messages[cn.OK] == ok_before + 1)
-    b = r.builder
-    for i in range(n0, len(b)):
-        assert 0 <= b.idx[i] < r.registry.n
-        assert r.decoder.min_ts_ms <= b.ts[i] <= MAX_TS_MS
-        assert b.val[i] - b.val[i] == 0.0
-    for c in range(r.registry.n):
-        assert all(valid_id(name) for name in r.registry.describe(c).values())
-
-
-@FAST
-@given(topic=TOPICS, payload=st.binary(max_size=300))
-def test_never_raises_on_arbitrary_bytes(topic: str, payload: bytes) -> None:
-    _check_one_call(Rig(), topic, payload)
-
-
-@FAST
-@given(topic=st.text(), payload=st.binary(), recv_ms=st.integers(-(2**62), 2**62))
-def test_never_raises_on_arbitrary_topics(topic: str, payload: bytes, recv_ms: int) -> None:
-    _check_one_call(Rig(), topic, payload, recv_ms)
-
-
-@FAST
-@given(topic=TOPICS, doc=MESSAGES, recv_ms=st.sampled_from([RECV, 0, -(10**15), 10**15]))
-def test_never_raises_on_structured_json(topic: str, doc: Any, recv_ms: int) -> None:
-    r = Rig(Settings(channels=ChannelSettings(max_channels=4)))
-    payload = json.dumps(doc).encode()
-    _check_one_call(r, topic, payload, recv_ms)
-    _check_one_call(r, topic, payload, recv_ms)  # again, with its channels now registered
-    assert sum(r.counters.messages.values()) == 2
-
-
-def _candidates(rec: Any) -> int:
-    """Readings a record of forms 1-3 carries (each is either appended or dropped once)."""
-    if not isinstance(rec, dict):
-        return 1
-    return 1 if "value" in rec else sum(1 for k in rec if k not in decode_mod.RESERVED)
-
-
-@FAST
-@given(
-    st.one_of(
-        RECORDS.map(lambda rec: (rec, _candidates(rec))),
-        st.lists(RECORDS, min_size=1, max_size=4).map(
-            lambda recs: (recs, sum(map(_candidates, recs)))
-        ),
-        st.lists(SENML_RECORDS | VALUES, min_size=1, max_size=5)
-        .filter(lambda recs: isinstance(recs[0], dict))
-        .map(lambda recs: (recs, sum(map(_senml_candidates, recs)))),
-    )
-)
-def test_every_reading_is_appended_or_dropped_once(doc_and_count: tuple[Any, int]) -> None:
-    doc, candidates = doc_and_count
-    r = Rig(Settings(channels=ChannelSettings(max_channels=3)))
-    _check_one_call(r, "city/north/air/st1", json.dumps(doc).encode())
-    results = r.results()
-    if cn.MALFORMED in results:  # a bad ts, device, kind or group at the top level
-        assert isinstance(doc, dict)
-        assert len(r.builder) == 0 and r.drops() == {}
-        return
-    assert len(r.builder) + sum(r.counters.dropped.values()) == candidates
-
-
-SENML_BASE_ONLY = frozenset(("bn", "bt", "bv", "bu", "bver", "n", "t", "u"))
-
-
-def _senml_candidates(rec: Any) -> int:
-    """A SenML record carries a reading unless it has base fields, name and time only."""
-    return 1 if not isinstance(rec, dict) else int(not SENML_BASE_ONLY.issuperset(rec))
-
-
-@FAST
-@given(
-    st.lists(st.tuples(TOPICS, st.binary(max_size=60) | MESSAGES.map(json.dumps).map(str.encode)))
-)
-def test_one_result_per_message(messages: list[tuple[str, bytes]]) -> None:
-    r = Rig(Settings(channels=ChannelSettings(max_channels=5)))
-    for topic, payload in messages:
-        r.decoder.decode(topic, payload, RECV)
-    assert sum(r.counters.messages.values()) == len(messages)
-    assert r.decoder.internal_errors == 0
 
 
 def test_far_future_is_judged_against_the_receive_time(rig: Rig) -> None:
