@@ -378,6 +378,18 @@ def _build(cls: type, table: Any, prefix: str, base: Any = None) -> Any:
     return dataclasses.replace(base if base is not None else cls(), **values)
 
 
+def _check_cusum(key: str, p: CusumParams | NeighbourParams) -> None:
+    """The settings a CUSUM rule shares: alpha, k, h, h_close, h_critical, clip, min_std."""
+    if not 0 < p.alpha <= 1:
+        raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
+    _check_positive(f"{key}.k", p.k, strict=False)
+    _check_positive(f"{key}.h", p.h)
+    if not 0 <= p.h_close <= p.h <= p.h_critical:
+        raise ConfigError(key, "needs 0 <= h_close <= h <= h_critical")
+    _check_positive(f"{key}.clip", p.clip)
+    _check_positive(f"{key}.min_std", p.min_std, strict=False)
+
+
 def _check_positive(key: str, value: float, strict: bool = True) -> None:
     if value != value or value == math.inf:  # TOML has nan and inf
         raise ConfigError(key, f"must be a finite number, got {value}")
@@ -443,16 +455,9 @@ def _validate(s: Settings) -> None:
             elif isinstance(p, NeighbourParams):
                 if p.min_neighbours < 3:
                     raise ConfigError(f"{key}.min_neighbours", "must be >= 3")
-                if not 0 < p.alpha <= 1:
-                    raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
-                _check_positive(f"{key}.k", p.k, strict=False)
-                _check_positive(f"{key}.h", p.h)
-                if not 0 <= p.h_close <= p.h <= p.h_critical:
-                    raise ConfigError(key, "needs 0 <= h_close <= h <= h_critical")
+                _check_cusum(key, p)
                 _check_positive(f"{key}.z_open", p.z_open)
-                _check_positive(f"{key}.clip", p.clip)
                 _check_positive(f"{key}.min_intervals", p.min_intervals)
-                _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, HampelParams):
                 _check_positive(f"{key}.z_open", p.z_open)
                 if not p.z_critical >= p.z_open:  # also refuses nan
@@ -463,15 +468,8 @@ def _validate(s: Settings) -> None:
                     raise ConfigError(f"{key}.min_readings", "must be between 3 and detect.window")
                 _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, CusumParams):
-                if not 0 < p.alpha <= 1:
-                    raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
-                _check_positive(f"{key}.k", p.k, strict=False)
-                if not 0 <= p.h_close <= p.h <= p.h_critical:
-                    raise ConfigError(key, "needs 0 <= h_close <= h <= h_critical")
-                _check_positive(f"{key}.h", p.h)
-                _check_positive(f"{key}.clip", p.clip)
+                _check_cusum(key, p)
                 _check_positive(f"{key}.min_readings", p.min_readings)
-                _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, SeasonalParams):
                 if not -14 <= p.utc_offset_h <= 14:
                     raise ConfigError(f"{key}.utc_offset_h", "must be between -14 and 14")
