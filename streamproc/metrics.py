@@ -116,11 +116,14 @@ class Metrics:
         yield info
 
     def _channels(self) -> Metric:
-        """Stale: the dropout alert is open; active: every other channel seen so far."""
+        """Stale: the dropout alert is open; active: every other channel seen so far
+        (channels registered since the last batch have no detector state yet: active)."""
         reg = self.pipeline.registry
         n = reg.n
         kinds = reg.ch_kind[:n]
-        stale = self.pipeline.detector.state["st"][:n, R_DROPOUT] == ST_OPEN
+        stale = np.zeros(n, bool)
+        known = self.pipeline.detector.state["st"][:n, R_DROPOUT]
+        stale[: len(known)] = known == ST_OPEN
         n_kinds = len(reg.kinds)
         per_state = {
             "active": np.bincount(kinds[~stale], minlength=n_kinds),
@@ -163,7 +166,11 @@ async def serve(metrics: Metrics, host: str, port: int) -> asyncio.Server:
             if method not in ("GET", "HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics.render()
+                try:
+                    status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics.render()
+                except Exception:  # a bug: the scrape fails visibly, the daemon goes on
+                    log.exception("rendering /metrics failed")
+                    status, ctype, body = "500 Internal Server Error", "text/plain", b"error\n"
             elif path == "/healthz":
                 reason = metrics.health()
                 status = "503 Service Unavailable" if reason else "200 OK"

@@ -53,6 +53,17 @@ def test_every_metric_is_exported(tmp_path: Path) -> None:
     p.close()
 
 
+def test_channels_registered_since_the_last_batch_are_counted(tmp_path: Path) -> None:
+    """More new channels than the detector holds rows for, scraped before their first batch."""
+    p = Pipeline(load(None), tmp_path)
+    for i in range(2000):
+        p.message(f"city/d1/air/st{i}/pm25", b'{"value": 1}', 1_767_571_200_000)
+    assert p.registry.n == 2000 > len(p.detector.state["st"])
+    text = Metrics(p).render().decode()
+    assert 'streamproc_channels{kind="air",state="active"} 2000.0' in text
+    p.close()
+
+
 def test_no_channel_ids_in_labels(tmp_path: Path) -> None:
     p = _pipeline(tmp_path)
     text = Metrics(p).render().decode()
