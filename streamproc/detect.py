@@ -249,18 +249,15 @@ class Detector:
 
     def _sync(self) -> None:
         """Make room for channels and profiles the registry learnt since the last batch."""
-        n = self.registry.n
-        if n > self.capacity:
-            self._grow(n)
         if len(self.registry.profiles) != self.n_profiles:
             self.prm = build_params(self.settings, self.registry)
             self.n_profiles = len(self.registry.profiles)
-        if n > self.n_synced:
+        if self.registry.n > self.n_synced:  # new channels: grow, give seasonal rows
             self.assign_seasonal(self.n_synced)
 
     def assign_seasonal(self, start: int = 0) -> None:
-        """Give a seasonal row to every channel from ``start`` whose profile enables the
-        seasonal rule and that has none yet."""
+        """Make room for every channel; give a seasonal row to every channel from ``start``
+        whose profile enables the seasonal rule and that has none yet."""
         n = self.registry.n
         self._grow(n)
         se_row = self.state["se_row"]
@@ -352,7 +349,6 @@ class Detector:
         self.alert_rows = _filled(ALERT_SPEC, new, self.alert_rows)
         free = np.empty(new + 1, np.int32)
         free[0] = new - old
-        free[1:] = -1
         free[1 : new - old + 1] = np.arange(new - 1, old - 1, -1)  # the lowest row first
         self.a_free = free
 
