@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from streamproc.pipeline import Pipeline
 from streamproc.sinks.jsonl import FILE_MODE, make_dirs
 
 FORMAT = 3
+TAIL = 256  # bytes of alerts.jsonl before the checkpoint's mark kept to recognise the file
 log = logging.getLogger("streamproc")
 
 
@@ -61,7 +63,8 @@ class Checkpointer:
         self._names = bytearray()
         self._named = 0
 
-    def take(self) -> dict[str, np.ndarray]:
+    def take(self, journal_from: int | None = None) -> dict[str, np.ndarray]:
+        """``journal_from``: the first journal segment the checkpoint does not cover."""
         p, reg = self.p, self.p.registry
         d = p.detector
         n = reg.n
@@ -82,7 +85,10 @@ class Checkpointer:
             "open_k": d.open_k,
             "open_alerts": [dataclasses.astuple(a) for a in p.book.open.values()],
             "interval_alerts": [dataclasses.astuple(a) for a in p.unwritten_alerts],
+            **_alert_log_mark(p),
         }
+        if journal_from is not None:
+            meta["journal_from"] = journal_from
         arrays = {f"state.{k}": v[:n].copy() for k, v in d.state.items()}
         arrays |= {f"state.{k}": v[: d.season_rows].copy() for k, v in d.season.items()}
         arrays |= {f"state.{k}": v.copy() for k, v in d.alert_rows.items()}
@@ -119,23 +125,57 @@ def save(p: Pipeline, path: Path) -> int:
     return c.write(c.take())
 
 
-def restore(p: Pipeline, path: Path) -> bool:
-    """Load ``path`` into a fresh pipeline. Returns False if there is no checkpoint; a file
-    that does not fit the configuration is renamed ``*.rejected`` and False returned."""
+def restore(p: Pipeline, path: Path) -> dict[str, Any] | None:
+    """Load ``path`` into a fresh pipeline; returns the checkpoint's metadata. None if there is
+    no checkpoint; a file that does not fit the configuration is renamed ``*.rejected`` and
+    None returned."""
     path = Path(path)
     if not path.exists():
-        return False
+        return None
     try:
-        _load(p, path)
+        return _load(p, path)
     except (CheckpointError, OSError, ValueError, KeyError) as exc:
         aside = path.with_name(path.name + ".rejected")
         os.replace(path, aside)
         log.warning("checkpoint %s not used (%s); moved to %s, starting fresh", path, exc, aside)
+        return None
+
+
+def _alert_log_mark(p: Pipeline) -> dict[str, object]:
+    """Where alerts.jsonl ended at the checkpoint, and the bytes just before, to know the file
+    again (a rotated or edited file is not cut)."""
+    try:
+        size = p.alert_log.size()
+        with open(p.alert_log.path, "rb") as f:
+            f.seek(max(0, size - TAIL))
+            tail = f.read(min(size, TAIL))
+    except OSError:  # no mark: a journal replay after this checkpoint will not cut the file
+        return {}
+    return {"alert_log_bytes": size, "alert_log_tail": tail.hex()}
+
+
+def rewind_alert_log(p: Pipeline, meta: dict[str, Any]) -> bool:
+    """Cut alerts.jsonl back to where it ended at the checkpoint ``meta`` describes, before the
+    journal after it is replayed (which writes those lines again). False, and the file left as
+    it is, if it is not the file the checkpoint saw."""
+    size, tail = meta.get("alert_log_bytes"), bytes.fromhex(meta.get("alert_log_tail", ""))
+    if size is None:
         return False
+    p.alert_log.flush()
+    if p.alert_log.size() < size:
+        return False
+    with open(p.alert_log.path, "rb") as f:
+        f.seek(size - len(tail))
+        if f.read(len(tail)) != tail:
+            return False
+    if p.alert_log.size() > size:
+        log.info("alerts.jsonl: %d bytes written after the checkpoint taken back; the journal "
+                 "replay writes them again", p.alert_log.size() - size)  # fmt: skip
+        p.alert_log.truncate(size)
     return True
 
 
-def _load(p: Pipeline, path: Path) -> None:
+def _load(p: Pipeline, path: Path) -> dict[str, Any]:
     if p.registry.n or p.detector.open_k is not None:
         raise CheckpointError("the pipeline has already processed readings")
     with np.load(path, allow_pickle=False) as z:
@@ -168,3 +208,4 @@ def _load(p: Pipeline, path: Path) -> None:
     p.unwritten_alerts = [Alert(*a) for a in meta["interval_alerts"]]
     log.info("checkpoint %s restored: %d channels, %d open alerts, saved %.0f s ago",
              path, reg.n, len(open_alerts), time.time() - meta["saved_at"])  # fmt: skip
+    return meta

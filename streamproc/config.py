@@ -112,6 +112,7 @@ class CheckpointSettings:
     enabled: bool = True
     path: str = ""  # empty: {output.dir}/state/checkpoint.npz
     interval_s: float = 60.0
+    journal: bool = True  # messages written ahead of their acknowledgement, next to the file
 
 
 @dataclass(frozen=True)

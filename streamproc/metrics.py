@@ -51,6 +51,9 @@ METRICS = (
     ("streamproc_sink_errors_total", "counter", "Failed writes by sink"),
     ("streamproc_checkpoint_seconds", "histogram", "Time to write one checkpoint"),
     ("streamproc_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint"),
+    ("streamproc_journal_commit_seconds", "histogram", "Time to write and fsync one commit"),
+    ("streamproc_journal_bytes_total", "counter", "Bytes written to the journal"),
+    ("streamproc_journal_replayed_total", "counter", "Messages read back from the journal"),
     ("streamproc_watermark_seconds", "gauge", "Event-time watermark (Unix seconds)"),
     ("streamproc_ready", "gauge", "1 once connected, subscribed and warmed up"),
     ("streamproc_build_info", "gauge", "Version of the running streamproc"),
@@ -68,6 +71,9 @@ class Metrics:
         self.event_lag = Histogram(LAG_SECONDS)
         self.checkpoint_seconds = Histogram(SECONDS)
         self.checkpoint_at: float | None = None  # time.monotonic() of the last checkpoint
+        self.journal_commit_seconds = Histogram(SECONDS)
+        self.journal_bytes = 0
+        self.journal_replayed = 0
         self.health: Callable[[], str] = lambda: "starting"  # "" once ready, else the reason
         pipeline.listeners.append(self._on_alerts)
         pipeline.batch_observers.append(self._on_batch)
@@ -107,6 +113,9 @@ class Metrics:
         if self.checkpoint_at is not None:
             age = time.monotonic() - self.checkpoint_at
             yield _gauge("streamproc_checkpoint_age_seconds", age)
+        yield _histogram("streamproc_journal_commit_seconds", self.journal_commit_seconds)
+        yield _counter("streamproc_journal_bytes_total", self.journal_bytes)
+        yield _counter("streamproc_journal_replayed_total", self.journal_replayed)
         if p.detector.open_k is not None:
             yield _gauge("streamproc_watermark_seconds", p.detector.wm / 1000.0)
         yield _gauge("streamproc_ready", int(not self.health()))

@@ -142,6 +142,13 @@ class Feed:
 
     def readings_of(self, k: int) -> int:
         """What a replay of the first ``k`` messages processes (nothing written)."""
+        return self._prefix(k).counters.readings
+
+    def watermark_of(self, k: int) -> int:
+        """The event-time watermark (ms) after a replay of the first ``k`` messages."""
+        return self._prefix(k).detector.wm
+
+    def _prefix(self, k: int) -> Pipeline:
         settings = dataclasses.replace(load(None), snapshots=SnapshotSettings(enabled=False))
         pipeline = Pipeline(settings, self.replay_dir / "prefix")
         for ts, (topic, payload) in zip(self.arrival_ms[:k], self.messages[:k], strict=True):
@@ -149,7 +156,7 @@ class Feed:
         pipeline.flush()
         pipeline.writer.close()
         pipeline.alert_log.close()
-        return pipeline.counters.readings
+        return pipeline
 
 
 def make_feed(folder: Path, channels: int = 300, duration_s: int = 43_200, seed: int = 3) -> Feed:

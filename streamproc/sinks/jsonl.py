@@ -52,6 +52,16 @@ class AlertLog:
         """Hand buffered lines to the OS."""
         self._file.flush()
 
+    def size(self) -> int:
+        """Bytes in the file, counting the buffered lines."""
+        return os.path.getsize(self.path) if self._file.closed else self._file.tell()
+
+    def truncate(self, size: int) -> None:
+        """Cut the file to ``size`` bytes; lines added later go after them."""
+        self._file.flush()
+        os.truncate(self._file.fileno(), size)
+        self._file.seek(size)
+
     def close(self) -> None:
         """Flush, fsync and close; closing twice is harmless."""
         if self._file.closed:

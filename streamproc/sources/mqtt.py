@@ -4,7 +4,9 @@ subscribe again, hand every message to a callback; publish alerts on the same co
 Built on gmqtt. A persistent session (fixed client id, clean session off; MQTT 5 with a
 session expiry) makes the broker queue QoS 1 messages while the daemon is away and deliver
 them when it returns. gmqtt acknowledges a QoS 1 message when it arrives, before the
-callback runs.
+callback runs, unless ``hold_acks``: then the message ids wait in ``unacked`` until the owner
+has made the messages safe (the journal) and calls ``ack``. Ids held when the connection drops
+are forgotten: the broker sends those messages again after the reconnect.
 
 Outgoing messages go through an outbox: the broker lets only ``Receive Maximum`` QoS 1
 messages be unacknowledged at once (mosquitto: 20), so messages wait in the outbox (bounded by
@@ -100,7 +102,10 @@ class MqttConnection:
     """One client connection. ``on_message(topic, payload)`` runs in the event loop."""
 
     def __init__(self, m: MqttSettings, topics: tuple[str, ...], on_message: MessageHandler,
-                 qos: int | None = None, subscribe: bool = True):  # fmt: skip
+                 qos: int | None = None, subscribe: bool = True,
+                 hold_acks: bool = False):  # fmt: skip
+        """``hold_acks``: QoS 1 messages are acknowledged by ``ack``, not on arrival; the
+        first id held after none calls ``on_unacked``."""
         self.m = m
         self.address = parse_broker_url(m.broker)
         self.topics = topics
@@ -119,6 +124,10 @@ class MqttConnection:
         self.published = 0
         self.publish_errors = 0
         self.closing = False
+        self.hold_acks = hold_acks
+        self.unacked: list[int] = []  # ids of QoS 1 messages received, not acknowledged
+        self.refuse_qos1 = False  # shutting down: QoS 1 messages ignored, left to the broker
+        self.on_unacked: Callable[[], None] = lambda: None
         self._warn = RateLimitedLog(log)
 
     @property
@@ -145,6 +154,8 @@ class MqttConnection:
         username = self.address.username or self.m.username
         if username:
             client.set_auth_credentials(username, self.password)
+        if self.hold_acks:  # gmqtt 0.8 has no public way to acknowledge later
+            client._package_handler._handle_qos_1_publish_packet = self._on_qos1
         return client
 
     async def connect(self, stop: asyncio.Event) -> bool:
@@ -239,6 +250,29 @@ class MqttConnection:
             log.warning("disconnected from %s; reconnecting", self.describe())
         self.connected = False
         self.subscribed = False
+        self.unacked.clear()
+
+    def take_unacked(self) -> tuple[int, list[int]]:
+        """The ids held so far, with the connection they came on, for ``ack``."""
+        ids, self.unacked = self.unacked, []
+        return self.connects, ids
+
+    def ack(self, connection: int, ids: list[int]) -> None:
+        """Acknowledge ``ids`` if the connection they came on is still up."""
+        client = self.client
+        if client is None or not self.connected or connection != self.connects:
+            return
+        send = client._package_handler._send_puback
+        for mid in ids:
+            send(mid)
+
+    def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Any) -> None:
+        if self.refuse_qos1:
+            return
+        self.on_message(topic, payload)
+        self.unacked.append(mid)
+        if len(self.unacked) == 1:
+            self.on_unacked()
 
     def _on_message(self, client: gmqtt.Client, topic: str, payload: bytes, qos: int,
                     props: Any) -> int:  # fmt: skip
