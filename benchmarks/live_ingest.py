@@ -3,7 +3,7 @@ through ``streamproc run`` (all detectors, alert log, snapshots, alerts to MQTT)
 and, for comparison, the same stream to a bare gmqtt subscriber that only counts.
 
     python benchmarks/live_ingest.py [--channels 500] [--duration 1d] [--qos 1 0] [--raw]
-                                     [--batch N]
+                                     [--batch N] [--config FILE] [--inflight 20]
 
 Reports messages per second from the first publish to the last message processed (daemon) or
 received (bare subscriber: same protocol, filters and QoS as the daemon, in its own process).
@@ -12,7 +12,10 @@ of 20 unacknowledged messages, which limits the stream), or with ``--raw`` the r
 of ``mqtt_clients.py`` (MQTT 3.1.1, no window: the subscriber sets the pace).
 With ``--batch N`` the feed's messages are regrouped, in order, into gateway batches
 (``{"readings": [entry, ...]}``, each entry naming its device, kind and group) of about N
-readings each. The feed covers a whole simulated day in seconds, so it also writes one
+readings each. ``--config`` is passed to the daemon (``[checkpoint] journal = false`` to
+acknowledge QoS 1 on arrival); ``--inflight`` sets mosquitto's ``max_inflight_messages``, the
+QoS 1 messages that may wait for a subscriber's acknowledgement (the daemon acknowledges only
+after its journal's fsync). The feed covers a whole simulated day in seconds, so it also writes one
 snapshot interval (three Parquet files) every few milliseconds: far more snapshot work than
 live traffic causes.
 """
@@ -123,6 +126,8 @@ def main() -> None:
     ap.add_argument("--qos", type=int, nargs="+", choices=(0, 1), default=[1, 0])
     ap.add_argument("--raw", action="store_true", help="publish with the raw-socket publisher")
     ap.add_argument("--batch", type=int, help="regroup into gateway batches of N readings")
+    ap.add_argument("--config", help="the daemon's configuration file")
+    ap.add_argument("--inflight", type=int, default=20, help="mosquitto max_inflight_messages")
     ap.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -139,7 +144,7 @@ def main() -> None:
         for qos in args.qos:
             run = work / f"qos{qos}"
             packets = mqtt_clients.encode(rows, qos) if args.raw else None
-            with Broker(run / "mq") as broker:
+            with Broker(run / "mq", max_inflight_messages=args.inflight) as broker:
                 seconds = bare(broker, rows, qos, packets)
                 print(f"QoS {qos}: bare gmqtt subscriber: {len(rows) / seconds:,.0f} msg/s")
                 base = len(rows) / seconds
@@ -151,6 +156,7 @@ def main() -> None:
                     str(run / "out"),
                     "--qos",
                     str(qos),
+                    *(["-c", str(Path(args.config).resolve())] if args.config else []),
                 ]
                 d = DaemonProcess(run / "d", args_).start()
                 try:

@@ -328,6 +328,7 @@ class Daemon:
             new = self.reload_settings()
         except ConfigError as exc:
             log.error("reload refused, keeping the running settings: %s", exc)
+            self.metrics.reloads["refused"] += 1
             return
         ignored = [
             f.name
@@ -339,4 +340,5 @@ class Daemon:
         changes = {name: getattr(new, name) for name in RELOADABLE}
         self.settings = dataclasses.replace(self.settings, **changes)
         self.pipeline.reload(self.settings)
+        self.metrics.reloads["applied"] += 1
         log.info("reloaded [%s]", ", ".join(RELOADABLE))

@@ -54,6 +54,7 @@ METRICS = (
     ("streamproc_journal_commit_seconds", "histogram", "Time to write and fsync one commit"),
     ("streamproc_journal_bytes_total", "counter", "Bytes written to the journal"),
     ("streamproc_journal_replayed_total", "counter", "Messages read back from the journal"),
+    ("streamproc_reloads_total", "counter", "SIGHUP reloads by result (applied, refused)"),
     ("streamproc_watermark_seconds", "gauge", "Event-time watermark (Unix seconds)"),
     ("streamproc_ready", "gauge", "1 once connected, subscribed and warmed up"),
     ("streamproc_build_info", "gauge", "Version of the running streamproc"),
@@ -74,6 +75,7 @@ class Metrics:
         self.journal_commit_seconds = Histogram(SECONDS)
         self.journal_bytes = 0
         self.journal_replayed = 0
+        self.reloads: Counter[str] = Counter()
         self.health: Callable[[], str] = lambda: "starting"  # "" once ready, else the reason
         pipeline.listeners.append(self._on_alerts)
         pipeline.batch_observers.append(self._on_batch)
@@ -116,6 +118,7 @@ class Metrics:
         yield _histogram("streamproc_journal_commit_seconds", self.journal_commit_seconds)
         yield _counter("streamproc_journal_bytes_total", self.journal_bytes)
         yield _counter("streamproc_journal_replayed_total", self.journal_replayed)
+        yield _counter("streamproc_reloads_total", self.reloads, ["result"])
         if p.detector.open_k is not None:
             yield _gauge("streamproc_watermark_seconds", p.detector.wm / 1000.0)
         yield _gauge("streamproc_ready", int(not self.health()))

@@ -38,6 +38,6 @@ async def publish(m: MqttSettings, messages: Iterable[tuple[str, bytes]], rate: 
     finally:
         await conn.close()
     elapsed = time.monotonic() - start
-    sent = conn.published - conn.backlog
+    sent = conn.published - conn.resent - conn.backlog
     log.info("published %d messages in %.1f s (%.0f/s)", sent, elapsed, sent / max(elapsed, 1e-9))
     return sent

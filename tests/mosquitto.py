@@ -195,6 +195,9 @@ class Broker(_Server):
     queued QoS 1 messages survive `restart()`, which reuses the same port. `max_queued_messages`
     (0: unlimited) bounds each client's queue; beyond it mosquitto drops and counts in
     `$SYS/broker/publish/messages/dropped`, published every `sys_interval` seconds.
+    `max_inflight_messages` (mosquitto's default 20; 0: unlimited) is how many QoS 1 messages
+    to a client may wait for its acknowledgement. `autosave_on_changes` saves the database
+    after every change (message stored, subscription), so that little is lost to a SIGKILL.
     """
 
     def __init__(
@@ -205,6 +208,8 @@ class Broker(_Server):
         tls: Certs | None = None,
         require_client_cert: bool = False,
         max_queued_messages: int = 0,
+        max_inflight_messages: int = 20,
+        autosave_on_changes: bool = False,
         sys_interval: int = 10,
     ) -> None:
         binary = find_binary("mosquitto")
@@ -216,6 +221,8 @@ class Broker(_Server):
         self.tls = tls
         self.require_client_cert = require_client_cert
         self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
+        self.autosave_on_changes = autosave_on_changes
         self.sys_interval = sys_interval
         self.port = free_port()
         self.config_path = workdir / "mosquitto.conf"
@@ -245,8 +252,13 @@ class Broker(_Server):
             f"allow_anonymous {'false' if self.users else 'true'}",
             "persistence true",
             f"persistence_location {data}/",
-            "autosave_interval 0",
+            *(
+                ["autosave_on_changes true", "autosave_interval 1"]
+                if self.autosave_on_changes
+                else ["autosave_interval 0"]
+            ),
             f"max_queued_messages {self.max_queued_messages}",
+            f"max_inflight_messages {self.max_inflight_messages}",
             f"sys_interval {self.sys_interval}",
             f"log_dest file {self.log_path}",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",

@@ -506,6 +506,11 @@ def test_invalid_config_file_on_reload_keeps_the_running_settings(
         assert d.settings is running
         assert "reload refused, keeping the running settings" in caplog.text
         assert "rules.zscore" in caplog.text
+        assert 'streamproc_reloads_total{result="refused"} 1.0' in d.metrics.render().decode()
+        path.write_text(f"[output]\ndir = '{tmp_path / 'out'}'\n[rules.zscore]\nz_open = 7.0\n")
+        d.reload()
+        assert d.settings.rules["zscore"].base.z_open == 7.0
+        assert 'streamproc_reloads_total{result="applied"} 1.0' in d.metrics.render().decode()
     finally:
         d.pipeline.close()
 

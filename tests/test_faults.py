@@ -354,6 +354,54 @@ def test_daemon_sigkill_mid_stream_loses_nothing_acknowledged(
     assert duplicates <= 20 * max(len(orjson.loads(p)) for _, p in feed.messages[:100])
 
 
+def test_broker_sigkill_mid_stream(tmp_path: Path, mosquitto_bin: str, feed: Feed) -> None:
+    """mosquitto killed with SIGKILL and restarted on the same port while a QoS 1 publisher is
+    sending to the daemon (persistent sessions; the broker saves its database after every
+    change, without which a SIGKILL loses what it holds in memory): the daemon reconnects by
+    itself; what the broker sends again is dropped as duplicates; every interval counts what
+    the uninterrupted replay counts and alerts.jsonl is the replay's; every alert reaches a
+    subscriber that was offline all along, some twice (MQTT QoS 1 is at least once)."""
+    out = tmp_path / "out"
+    with Broker(tmp_path / "mq", autosave_on_changes=True) as broker:
+        collect(broker.port, "watcher", ["streamproc/alerts/#"], quiet_s=0.1)
+        d = _daemon(tmp_path, broker, "[checkpoint]\ninterval_s = 2.0\n").start()
+        try:
+            d.wait_ready()
+            first = len(feed.messages) * 2 // 5
+            publish_all(broker.url, feed.messages[:first])
+            d.wait_messages(first)
+            rest = feed.messages[first:]
+            sender = threading.Thread(target=_publish_paced, args=(broker.url, rest))
+            sender.start()
+            d.wait_messages(first + 2050)
+            broker.kill()
+            d.wait_until("the daemon sees the broker gone",
+                         lambda: d.value("streamproc_mqtt_connected") == 0)  # fmt: skip
+            at_kill = d.value("streamproc_messages_total")
+            broker.start()
+            sender.join()
+            wm = feed.watermark_of(len(feed.messages)) / 1000
+            d.wait_until("the last message", lambda: d.value("streamproc_watermark_seconds") >= wm)
+            duplicates = d.value("streamproc_dropped_total", reason="out_of_order")
+            received = d.value("streamproc_messages_total")
+            reconnects = d.value("streamproc_mqtt_reconnects_total")
+            assert d.stop() == 0
+        finally:
+            d.kill()
+        on_mqtt = collect(broker.port, "watcher", ["streamproc/alerts/#"])
+    got, want = snapshot_counts(out), snapshot_counts(feed.replay_dir)
+    lines = (out / "alerts.jsonl").read_text().splitlines()
+    alerts = [orjson.loads(p) for _, p, _ in on_mqtt]
+    print(f"\n{at_kill:.0f} messages at the kill, {received:.0f} in all (feed: "
+          f"{len(feed.messages)}); {reconnects:.0f} reconnects; duplicate readings dropped "
+          f"{duplicates:.0f}; alerts.jsonl {len(lines)} lines (replay: {len(feed.alert_lines)}); "
+          f"{len(alerts)} alert messages to the watcher")  # fmt: skip
+    assert reconnects >= 1
+    assert got == want, {k: (got[k], want[k]) for k in want | got if got[k] != want[k]}
+    assert lines == feed.alert_lines
+    assert {orjson.dumps(a) for a in alerts} == {orjson.dumps(a) for a in map(orjson.loads, lines)}
+
+
 def _publish_paced(url: str, messages: list[tuple[str, bytes]], chunk: int = 100) -> None:
     """Publish in chunks with short pauses, so that a kill finds the stream going."""
     for a in range(0, len(messages), chunk):

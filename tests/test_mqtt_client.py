@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 
 from streamproc.config import MqttSettings, from_dict
 from streamproc.daemon import subscriptions
-from streamproc.sources.mqtt import Backoff, read_password
+from streamproc.sources.mqtt import Backoff, MqttConnection, read_password
+from tests.mosquitto import Broker
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
@@ -39,3 +41,37 @@ def test_subscriptions_cover_the_topic_patterns() -> None:
     assert subscriptions(s) == ("s/+/+",)
     s = from_dict({"mqtt": {"topics": ["city/north/#"]}})
     assert subscriptions(s) == ("city/north/#",)
+
+
+@pytest.mark.usefixtures("mosquitto_bin")
+def test_messages_a_killed_broker_dropped_are_sent_again(tmp_path: Path) -> None:
+    """mosquitto killed with SIGKILL while QoS 1 messages wait for its acknowledgement, then
+    started again without our session: gmqtt drops those messages (and would keep their
+    packet ids, stalling the connection once the window is used up); they go back to the
+    outbox and are sent again, so every message is acknowledged by the new broker."""
+    n = 4000
+
+    async def scenario(broker: Broker) -> MqttConnection:
+        m = MqttSettings(broker=broker.url, client_id="", clean_session=True,
+                         reconnect_min_s=0.05, reconnect_max_s=0.2)  # fmt: skip
+        conn = MqttConnection(m, (), lambda topic, payload: None, subscribe=False)
+        assert await conn.connect(asyncio.Event())
+        for i in range(n):
+            conn.publish("t/x", b"%d" % i, qos=1)
+            if i == n // 2:
+                assert conn.inflight.entries  # some wait for their PUBACK
+                broker.kill()
+                while conn.connected:
+                    await asyncio.sleep(0.01)
+                broker.start()
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+        drained = await conn.drain(30.0)
+        await conn.close()
+        assert drained, f"{conn.backlog} messages never acknowledged"
+        return conn
+
+    with Broker(tmp_path / "mq") as broker:
+        conn = asyncio.run(scenario(broker))
+    assert conn.resent > 0
+    assert conn.published - conn.resent == n

@@ -12,7 +12,8 @@ Outgoing messages go through an outbox: the broker lets only ``Receive Maximum``
 messages be unacknowledged at once (mosquitto: 20), so messages wait in the outbox (bounded by
 ``OUTBOX_MAX``; beyond it the oldest is dropped and counted) while the window is full or the
 connection is down, and are sent as PUBACKs come back. Messages sent but not acknowledged when
-the connection drops are sent again by gmqtt after the reconnect.
+the connection drops are sent again after the reconnect: by gmqtt if the broker kept the
+session, else as new messages from the front of the outbox.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PASSWORD_ENV = "STREAMPROC_MQTT_PASSWORD"
 OUTBOX_MAX = 100_000
 
 MessageHandler = Callable[[str, bytes], None]
+Outgoing = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
 
 
 class Backoff:
@@ -77,15 +79,33 @@ def tls_context(m: MqttSettings) -> ssl.SSLContext:
 
 
 class _Inflight(PersistentStorage):
-    """gmqtt's store of unacknowledged QoS 1 messages; tells us when one is acknowledged."""
+    """gmqtt's store of unacknowledged QoS 1 messages, keeping each one's outbox entry: tells
+    us when one is acknowledged, and hands the entries back when gmqtt drops them all (a
+    reconnect to a broker that has no session for us, e.g. after it was killed), with their
+    packet ids, which gmqtt would otherwise never reuse."""
 
     def __init__(self, on_ack: Callable[[], None]):
         super().__init__()
         self.on_ack = on_ack
+        self.sending: Outgoing | None = None  # the entry being handed to gmqtt's publish
+        self.entries: dict[int, Outgoing] = {}
+        self.on_dropped: Callable[[dict[int, Outgoing]], None] = lambda entries: None
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        super().push_message(mid, raw_package)
+        if self.sending is not None:
+            self.entries[mid] = self.sending
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
+        self.entries.pop(mid, None)
         self.on_ack()
+
+    def clear(self) -> None:
+        super().clear()
+        dropped, self.entries = self.entries, {}
+        if dropped:
+            self.on_dropped(dropped)
 
 
 class _Client(gmqtt.Client):
@@ -117,11 +137,13 @@ class MqttConnection:
         self.backoff = Backoff(m.reconnect_min_s, m.reconnect_max_s)
         self.client: _Client | None = None
         self.inflight = _Inflight(self._pump)  # QoS 1 messages sent, awaiting their PUBACK
-        self.outbox: deque[tuple[str, bytes, int, bool]] = deque()
+        self.inflight.on_dropped = self._send_again
+        self.outbox: deque[Outgoing] = deque()
         self.connected = False
         self.subscribed = False
         self.connects = 0
-        self.published = 0
+        self.published = 0  # handed to gmqtt, counting messages sent again
+        self.resent = 0  # handed back by gmqtt to be sent again
         self.publish_errors = 0
         self.closing = False
         self.hold_acks = hold_acks
@@ -212,7 +234,7 @@ class MqttConnection:
             return
         outbox = self.outbox
         while outbox:
-            topic, payload, qos, retain = outbox[0]
+            topic, payload, qos, retain = self.inflight.sending = outbox[0]
             try:
                 client.publish(topic, payload, qos=qos, retain=retain)
             except OverflowError:  # the window of unacknowledged messages is full
@@ -220,8 +242,22 @@ class MqttConnection:
             except Exception as exc:  # gmqtt raises various errors on a dead transport
                 self._warn.warn("publish", f"to {topic[:200]} failed, will retry: {exc}")
                 return
+            finally:
+                self.inflight.sending = None
             outbox.popleft()
             self.published += 1
+
+    def _send_again(self, dropped: dict[int, Outgoing]) -> None:
+        """Messages gmqtt dropped unacknowledged go back to the front of the outbox, in their
+        order, to be sent again with new packet ids (the old ones are freed)."""
+        if self.client is not None:
+            ids = self.client._package_handler.id_generator
+            for mid in dropped:
+                ids.free_id(mid)
+        self.outbox.extendleft(reversed(dropped.values()))
+        self.resent += len(dropped)
+        log.warning("the broker lost our session: %d unacknowledged messages sent again",
+                    len(dropped))  # fmt: skip
 
     # -- gmqtt callbacks ----------------------------------------------------------------
     def _on_connect(self, client: gmqtt.Client, flags: int, rc: int, props: Any) -> None:
