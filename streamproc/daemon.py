@@ -186,6 +186,7 @@ class Daemon:
         n = 0
         for topic, payload, recv_ms in journal.read(self.journal.folder, start):
             self._process(topic, payload, recv_ms)
+            self.connection.remember(topic, payload)
             n += 1
             if n % 10_000 == 0:
                 self.metrics.journal_replayed = n

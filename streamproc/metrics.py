@@ -45,6 +45,7 @@ METRICS = (
     ("streamproc_event_lag_seconds", "histogram", "Event time of a reading to its processing"),
     ("streamproc_mqtt_connected", "gauge", "1 while connected to the broker"),
     ("streamproc_mqtt_reconnects_total", "counter", "Connections made after the first"),
+    ("streamproc_mqtt_duplicates_total", "counter", "Redelivered QoS 1 messages already taken"),
     ("streamproc_alerts_published_total", "counter", "Alert messages handed to the broker"),
     ("streamproc_publish_errors_total", "counter", "Alert messages that could not be sent"),
     ("streamproc_snapshot_seconds", "histogram", "Time to write a batch's interval files"),
@@ -107,6 +108,7 @@ class Metrics:
         conn = self.connection
         yield _gauge("streamproc_mqtt_connected", int(conn is not None and conn.connected))
         yield _counter("streamproc_mqtt_reconnects_total", conn.reconnects if conn else 0)
+        yield _counter("streamproc_mqtt_duplicates_total", conn.duplicates if conn else 0)
         yield _counter("streamproc_alerts_published_total", conn.published if conn else 0)
         yield _counter("streamproc_publish_errors_total", conn.publish_errors if conn else 0)
         yield _histogram("streamproc_snapshot_seconds", p.snapshot_seconds)

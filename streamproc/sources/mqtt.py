@@ -6,7 +6,9 @@ session expiry) makes the broker queue QoS 1 messages while the daemon is away a
 them when it returns. gmqtt acknowledges a QoS 1 message when it arrives, before the
 callback runs, unless ``hold_acks``: then the message ids wait in ``unacked`` until the owner
 has made the messages safe (the journal) and calls ``ack``. Ids held when the connection drops
-are forgotten: the broker sends those messages again after the reconnect.
+are forgotten: the broker sends those messages again after the reconnect, flagged DUP; one
+whose topic and payload are among the last ``RECENT`` taken (or ``remember``ed: the journal
+replayed at start) is acknowledged without being handed on, and counted in ``duplicates``.
 
 Outgoing messages go through an outbox: the broker lets only ``Receive Maximum`` QoS 1
 messages be unacknowledged at once (mosquitto: 20), so messages wait in the outbox (bounded by
@@ -25,7 +27,7 @@ import os
 import random
 import ssl
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +42,7 @@ from streamproc.counters import RateLimitedLog
 log = logging.getLogger("streamproc.mqtt")
 PASSWORD_ENV = "STREAMPROC_MQTT_PASSWORD"
 OUTBOX_MAX = 100_000
+RECENT = 10_000  # QoS 1 messages remembered to recognise the broker's redeliveries
 
 MessageHandler = Callable[[str, bytes], None]
 Outgoing = tuple[str, bytes, int, bool]  # topic, payload, qos, retain
@@ -149,6 +152,8 @@ class MqttConnection:
         self.hold_acks = hold_acks
         self.unacked: list[int] = []  # ids of QoS 1 messages received, not acknowledged
         self.refuse_qos1 = False  # shutting down: QoS 1 messages ignored, left to the broker
+        self.recent: OrderedDict[int, None] = OrderedDict()  # hashes of (topic, payload)
+        self.duplicates = 0
         self.on_unacked: Callable[[], None] = lambda: None
         self._warn = RateLimitedLog(log)
 
@@ -302,10 +307,21 @@ class MqttConnection:
         for mid in ids:
             send(mid)
 
+    def remember(self, topic: str, payload: bytes) -> None:
+        """Note a message taken (so that a redelivery of it is recognised)."""
+        recent = self.recent
+        recent[hash((topic, payload))] = None
+        if len(recent) > RECENT:
+            recent.popitem(last=False)
+
     def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Any) -> None:
         if self.refuse_qos1:
             return
-        self.on_message(topic, payload)
+        if props.get("dup") and hash((topic, payload)) in self.recent:
+            self.duplicates += 1
+        else:
+            self.on_message(topic, payload)
+            self.remember(topic, payload)
         self.unacked.append(mid)
         if len(self.unacked) == 1:
             self.on_unacked()
