@@ -281,10 +281,12 @@ class Daemon:
                 log.error("checkpoint failed: %s", self._writing.exception())
         self.connection.refuse_qos1 = True  # not acknowledged now: the broker keeps them
         self.pipeline.flush()  # its alerts still go out on MQTT
-        if self.journal is not None:
+        if self.journal is not None:  # the last commit, and its acknowledgements
             connection, ids = self.connection.take_unacked()
-            with contextlib.suppress(OSError):
-                await asyncio.wrap_future(self.journal.commit())
+            started = time.perf_counter()
+            done = asyncio.wrap_future(self.journal.commit())
+            await asyncio.wait([done])
+            self._journal_done(done, started)
             self.connection.ack(connection, ids)
         await self.connection.drain(2.0)
         await self.connection.close()
