@@ -4,12 +4,14 @@ daemon killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -148,38 +150,48 @@ def test_unwritable_snapshot_folder(tmp_path: Path, broker: Broker, feed: Feed) 
     # in the moved folder: the fault itself moves it out from under the writer)
 
 
+@contextlib.contextmanager
+def _full_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """``folder`` as a tmpfs of ``size``, filled up by one file (yielded; delete it to free
+    the space). Skips the test without the right to mount (root with CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.strip()}")
+    try:
+        filler = folder / "filler"
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * 4096)
+        yield filler
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
 def test_full_snapshot_disk(tmp_path: Path, broker: Broker, feed: Feed) -> None:
     """The snapshot folder on a small tmpfs, filled up: ENOSPC is counted per interval and
     logged, no temporary file is left behind, and writes resume once space is freed. Needs
     the right to mount (root with CAP_SYS_ADMIN); skipped otherwise."""
     snapshots = tmp_path / "out" / "snapshots"
-    snapshots.mkdir(parents=True)
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(snapshots)],
-                           capture_output=True, text=True, check=False)  # fmt: skip
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.strip()}")
     d = _daemon(tmp_path, broker)
-    try:
-        filler = snapshots / "filler"
-        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
-            while True:
-                f.write(b"\0" * 4096)
-        d.start().wait_ready()
-        half = len(feed.messages) // 2
-        publish_all(broker.url, feed.messages[:half])
-        d.wait_messages(half)
-        d.wait_until("counted failures", lambda: _snapshot_errors(d) > 0)
-        assert "No space left on device" in d.log()
-        assert not _stamps(snapshots.parent)
-        filler.unlink()
-        publish_all(broker.url, feed.messages[half:])
-        d.wait_messages(len(feed.messages))
-        d.wait_until("new snapshot files", lambda: len(_stamps(snapshots.parent)) > 10)
-        assert d.stop() == 0
-        assert not list(snapshots.rglob("*.tmp"))
-    finally:
-        d.kill()
-        subprocess.run(["umount", str(snapshots)], check=False)
+    with _full_tmpfs(snapshots, "512k") as filler:
+        try:
+            d.start().wait_ready()
+            half = len(feed.messages) // 2
+            publish_all(broker.url, feed.messages[:half])
+            d.wait_messages(half)
+            d.wait_until("counted failures", lambda: _snapshot_errors(d) > 0)
+            assert "No space left on device" in d.log()
+            assert not _stamps(snapshots.parent)
+            filler.unlink()
+            publish_all(broker.url, feed.messages[half:])
+            d.wait_messages(len(feed.messages))
+            d.wait_until("new snapshot files", lambda: len(_stamps(snapshots.parent)) > 10)
+            assert d.stop() == 0
+            assert not list(snapshots.rglob("*.tmp"))
+        finally:
+            d.kill()
 
 
 def test_full_journal_disk(tmp_path: Path, broker: Broker, feed: Feed) -> None:
@@ -187,37 +199,27 @@ def test_full_journal_disk(tmp_path: Path, broker: Broker, feed: Feed) -> None:
     messages are acknowledged all the same (or the broker would stop sending after its window
     of 20), every message is processed and alerts go on; commits succeed again once space is
     freed."""
-    folder = tmp_path / "out" / "state" / "journal"
-    folder.mkdir(parents=True)
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
-                           capture_output=True, text=True, check=False)  # fmt: skip
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.strip()}")
     d = _daemon(tmp_path, broker)
-    try:
-        filler = folder / "filler"
-        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
-            while True:
-                f.write(b"\0" * 4096)
-        d.start().wait_ready()
-        half = len(feed.messages) // 2
-        publish_all(broker.url, feed.messages[:half])
-        d.wait_messages(half)
-        failed = d.value("streamproc_sink_errors_total", sink="journal")
-        assert failed > 0
-        assert "sink journal: write failed, acknowledging without it" in d.log()
-        assert d.value("streamproc_journal_bytes_total") == 0
-        filler.unlink()
-        publish_all(broker.url, feed.messages[half:])
-        d.wait_messages(len(feed.messages))
-        d.wait_readings(feed.readings)
-        assert d.value("streamproc_journal_bytes_total") > 0
-        assert d.value("streamproc_sink_errors_total", sink="journal") == failed
-        assert d.value("streamproc_alerts_published_total") > 0
-        assert d.stop() == 0
-    finally:
-        d.kill()
-        subprocess.run(["umount", str(folder)], check=False)
+    with _full_tmpfs(tmp_path / "out" / "state" / "journal", "4m") as filler:
+        try:
+            d.start().wait_ready()
+            half = len(feed.messages) // 2
+            publish_all(broker.url, feed.messages[:half])
+            d.wait_messages(half)
+            failed = d.value("streamproc_sink_errors_total", sink="journal")
+            assert failed > 0
+            assert "sink journal: write failed, acknowledging without it" in d.log()
+            assert d.value("streamproc_journal_bytes_total") == 0
+            filler.unlink()
+            publish_all(broker.url, feed.messages[half:])
+            d.wait_messages(len(feed.messages))
+            d.wait_readings(feed.readings)
+            assert d.value("streamproc_journal_bytes_total") > 0
+            assert d.value("streamproc_sink_errors_total", sink="journal") == failed
+            assert d.value("streamproc_alerts_published_total") > 0
+            assert d.stop() == 0
+        finally:
+            d.kill()
     print(f"\n{failed:.0f} journal commits failed while the disk was full")
 
 
