@@ -53,7 +53,6 @@ class Journal:
         self.folder = Path(folder)
         make_dirs(self.folder)
         self.segment = max(segments(self.folder), default=-1) + 1
-        self.messages = 0  # appended since the last commit
         self.bytes_written = 0
         self._buf = bytearray()
         self._fd: int | None = None
@@ -65,7 +64,6 @@ class Journal:
         self._buf += RECORD.pack(len(t), len(payload), recv_ms)
         self._buf += t
         self._buf += payload
-        self.messages += 1
 
     @property
     def pending(self) -> int:
@@ -76,7 +74,6 @@ class Journal:
         """Write and fsync everything appended so far (in the order of the commits); the
         future gives the bytes written or raises the ``OSError``."""
         data, self._buf = bytes(self._buf), bytearray()
-        self.messages = 0
         return self._thread.submit(self._write, self.segment, data)
 
     def rotate(self) -> Future[int]:
