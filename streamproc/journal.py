@@ -54,26 +54,24 @@ class Journal:
         make_dirs(self.folder)
         self.segment = max(segments(self.folder), default=-1) + 1
         self.bytes_written = 0
-        self._buf = bytearray()
+        self._parts: list[bytes] = []  # records appended since the last commit, in pieces
         self._fd: int | None = None
         self._fd_segment = -1
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="journal")
 
     def append(self, topic: str, payload: bytes, recv_ms: int) -> None:
         t = topic.encode()
-        self._buf += RECORD.pack(len(t), len(payload), recv_ms)
-        self._buf += t
-        self._buf += payload
+        self._parts.extend((RECORD.pack(len(t), len(payload), recv_ms), t, payload))
 
     @property
     def pending(self) -> int:
-        """Bytes appended and not yet handed to a commit."""
-        return len(self._buf)
+        """Pieces appended and not yet handed to a commit (0: nothing to commit)."""
+        return len(self._parts)
 
     def commit(self) -> Future[int]:
         """Write and fsync everything appended so far (in the order of the commits); the
         future gives the bytes written or raises the ``OSError``."""
-        data, self._buf = bytes(self._buf), bytearray()
+        data, self._parts = b"".join(self._parts), []
         return self._thread.submit(self._write, self.segment, data)
 
     def rotate(self) -> Future[int]:

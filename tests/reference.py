@@ -8,6 +8,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,15 @@ from streamproc.kernels.rules import (
 
 def f32(x: float) -> float:
     return float(np.float32(x))
+
+
+def level_step(base: float, dev: float, n: int, e: float, sd: float, p: Any) -> tuple[float, float]:
+    """The EWMA level and mean absolute deviation after a deviation ``e`` (clipped at
+    ``p.clip`` spreads), as the CUSUM and neighbour rules learn them."""
+    if sd > 0:
+        e = min(max(e, -p.clip * sd), p.clip * sd)
+    a = max(p.alpha, 1.0 / (n + 1))
+    return base + a * e, dev + a * (abs(e) - dev)
 
 
 def ratio_score(q: float) -> float:
@@ -218,11 +228,7 @@ class Reference:
                     sev = SEV_CRITICAL if stat >= p.h_critical else SEV_WARNING
                     hold = big or stat >= p.h_close
                     self.step(c, R_NEIGHBOUR, t, big or stat >= p.h, hold, sev, sc, means[c], 0)
-                if sd > 0:
-                    e = min(max(e, -p.clip * sd), p.clip * sd)
-                a = max(p.alpha, 1.0 / (ch.nb_n + 1))
-                ch.nb_base += a * e
-                ch.nb_dev += a * (abs(e) - ch.nb_dev)
+                ch.nb_base, ch.nb_dev = level_step(ch.nb_base, ch.nb_dev, ch.nb_n, e, sd, p)
             ch.nb_n += 1
 
     def close(self, k: int) -> None:
@@ -371,11 +377,7 @@ class Reference:
                     score = max(score, sc)
                     sev = SEV_CRITICAL if stat >= cu.h_critical else SEV_WARNING
                     self.step(c, R_CUSUM, t, stat >= cu.h, stat >= cu.h_close, sev, sc, x, 0)
-                if sd > 0:
-                    e = min(max(e, -cu.clip * sd), cu.clip * sd)
-                a = max(cu.alpha, 1.0 / (ch.cu_n + 1))
-                ch.cu_base += a * e
-                ch.cu_dev += a * (abs(e) - ch.cu_dev)
+                ch.cu_base, ch.cu_dev = level_step(ch.cu_base, ch.cu_dev, ch.cu_n, e, sd, cu)
             ch.cu_n += 1
 
         se = self.s.rules["seasonal"].for_channel(kind, metric)
