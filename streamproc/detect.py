@@ -196,7 +196,7 @@ class Detector:
         self.counters = counters
         self.window = settings.detect.window
         self.spec = _state_spec(self.window)
-        self.scratch = np.empty(self.window)  # the kernels allocate nothing
+        self.scratch = np.empty(2 * self.window)  # the kernels allocate nothing
         self.state: dict[str, np.ndarray] = {}
         self.capacity = 0
         self._grow(1024)

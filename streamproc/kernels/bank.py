@@ -306,7 +306,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                      counts):  # fmt: skip
     """Run readings ``start..stop`` of a batch; returns (next reading, events written).
-    ``buf`` is scratch space of at least ``window`` floats.
+    ``buf`` is scratch space of at least ``2 * window`` floats.
 
     Stops early, before a reading, when fewer than N_RULES event slots or no free alert row
     remain; the caller drains the events (grows the alert tables) and calls again from the
@@ -433,17 +433,18 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf,
             z = 0.0
             back = abs(xv - x2) <= prm[p, P_HP_BACK] * abs(jump)
             if jump != 0 and (xv - x1) * jump < 0 and back:
-                k0 = (pos[c] - n) % window  # the oldest value in the window
+                k = (pos[c] - n) % window  # the oldest value in the window
                 nd = n - 1
-                for j in range(nd):
-                    buf[j] = (np.float64(ring[c, (k0 + j + 1) % window])
-                              - np.float64(ring[c, (k0 + j) % window]))  # fmt: skip
+                for j in range(nd):  # the changes, twice: the selection reorders the first
+                    k1 = k + 1 if k + 1 < window else 0
+                    d = np.float64(ring[c, k1]) - np.float64(ring[c, k])
+                    buf[j] = d
+                    buf[nd + j] = d
+                    k = k1
                 med = _kth(buf, nd, nd // 2)
                 sum_ad = 0.0
-                for j in range(nd):  # in window order again (the selection reordered buf)
-                    d = (np.float64(ring[c, (k0 + j + 1) % window])
-                         - np.float64(ring[c, (k0 + j) % window]))  # fmt: skip
-                    buf[j] = abs(d - med)
+                for j in range(nd):
+                    buf[j] = abs(buf[nd + j] - med)
                     sum_ad += buf[j]
                 mad = _kth(buf, nd, nd // 2)
                 sd = max(1.4826 * mad, 1.2533 * sum_ad / nd, prm[p, P_HP_MIN_STD])
