@@ -225,7 +225,7 @@ def publish_all(
 
 
 async def _collect(
-    port: int, client_id: str, topics: list[str], quiet_s: float
+    port: int, client_id: str, topics: list[str], quiet_s: float, protocol: str
 ) -> list[tuple[str, bytes, bool]]:
     got: list[tuple[str, bytes, bool]] = []
     last = asyncio.Event()
@@ -237,7 +237,8 @@ async def _collect(
 
     client = gmqtt.Client(client_id, clean_session=False, session_expiry_interval=600)
     client.on_message = on_message
-    await client.connect("127.0.0.1", port)
+    version = gmqtt.constants.MQTTv50 if protocol == "5" else gmqtt.constants.MQTTv311
+    await client.connect("127.0.0.1", port, version=version)
     client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
     while True:  # until nothing more arrives for quiet_s
         last.clear()
@@ -250,8 +251,8 @@ async def _collect(
 
 
 def collect(
-    port: int, client_id: str, topics: list[str], quiet_s: float = 1.0
+    port: int, client_id: str, topics: list[str], quiet_s: float = 1.0, protocol: str = "5"
 ) -> list[tuple[str, bytes, bool]]:
     """Connect with a persistent session, take what is queued or retained, disconnect.
     Calling it once before a scenario creates the session the broker then queues for."""
-    return asyncio.run(_collect(port, client_id, topics, quiet_s))
+    return asyncio.run(_collect(port, client_id, topics, quiet_s, protocol))

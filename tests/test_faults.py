@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import pytest
 
+from tests import rabbitmq
 from tests.live import (
     DaemonProcess,
     Feed,
@@ -39,7 +40,9 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Feed:
     return make_feed(tmp_path_factory.mktemp("feed"))
 
 
-def _daemon(tmp: Path, broker: Broker, config: str = "", name: str = "daemon") -> DaemonProcess:
+def _daemon(
+    tmp: Path, broker: Broker | rabbitmq.RabbitMQ, config: str = "", name: str = "daemon"
+) -> DaemonProcess:
     args = ["run", "--broker", broker.url, "--out", str(tmp / "out")]
     if config:
         path = tmp / f"{name}.toml"
@@ -368,60 +371,88 @@ def test_broker_sigkill_mid_stream(tmp_path: Path, mosquitto_bin: str, feed: Fee
     change, without which a SIGKILL loses what it holds in memory): the daemon reconnects by
     itself; what the broker sends again is dropped as duplicates, so no interval counts a
     reading twice; every alert reaches a subscriber that was offline all along. mosquitto
-    acknowledges a message before it saves it, so the kill can lose a few on its side: bounded
-    here by its window of 20; with none lost, alerts.jsonl is the uninterrupted replay's."""
-    out = tmp_path / "out"
+    acknowledges a message before it saves it (shown on the wire by
+    benchmarks/broker_kill_trace.py), so the kill can lose a few on its side: bounded here by
+    its window of 20; with none lost, alerts.jsonl is the uninterrupted replay's."""
     with Broker(tmp_path / "mq", autosave_on_changes=True) as broker:
-        collect(broker.port, "watcher", ["streamproc/alerts/#"], quiet_s=0.1)
-        d = _daemon(tmp_path, broker, "[checkpoint]\ninterval_s = 2.0\n").start()
-        try:
-            d.wait_ready()
-            first = len(feed.messages) * 2 // 5
-            publish_all(broker.url, feed.messages[:first])
-            d.wait_messages(first)
-            rest = feed.messages[first:]
-            sender = threading.Thread(target=_publish_paced, args=(broker.url, rest))
-            sender.start()
-            d.wait_messages(first + 2050)
-            broker.kill()
-            d.wait_until("the daemon sees the broker gone",
-                         lambda: d.value("streamproc_mqtt_connected") == 0)  # fmt: skip
-            at_kill = d.value("streamproc_messages_total")
-            broker.start()
-            sender.join()
-            wm = feed.watermark_of(len(feed.messages)) / 1000
-            d.wait_until("the last message", lambda: d.value("streamproc_watermark_seconds") >= wm)
-            duplicates = d.value("streamproc_mqtt_duplicates_total")
-            resent = d.value("streamproc_dropped_total", reason="out_of_order")
-            received = d.value("streamproc_messages_total")
-            reconnects = d.value("streamproc_mqtt_reconnects_total")
-            assert d.stop() == 0
-        finally:
-            d.kill()
-        on_mqtt = collect(broker.port, "watcher", ["streamproc/alerts/#"])
+        lost, lines = _broker_sigkill(tmp_path, feed, broker, "5")
+    assert lost <= 20 * max(len(orjson.loads(p)) - 1 for _, p in feed.messages)
+    if lost == 0:
+        assert lines == feed.alert_lines
+
+
+@pytest.mark.skipif(
+    not rabbitmq.available(), reason="RabbitMQ with its MQTT plugin is not installed"
+)
+def test_broker_sigkill_mid_stream_with_a_broker_that_saves_before_it_acknowledges(
+    tmp_path: Path, feed: Feed
+) -> None:
+    """The same kill with RabbitMQ (MQTT 3.1.1), which acknowledges a QoS 1 message once it is
+    on disk: every reading published is processed, exactly once, and alerts.jsonl is the
+    uninterrupted replay's line for line."""
+    with rabbitmq.RabbitMQ(tmp_path / "rabbitmq") as broker:
+        lost, lines = _broker_sigkill(tmp_path, feed, broker, "3.1.1")
+    assert lost == 0
+    assert lines == feed.alert_lines
+
+
+def _broker_sigkill(
+    tmp_path: Path, feed: Feed, broker: Broker | rabbitmq.RabbitMQ, protocol: str
+) -> tuple[int, list[str]]:
+    """Kill the broker mid-stream and start it again; check that the daemon reconnects, counts
+    no reading twice and publishes every alert to an offline watcher. Returns the readings
+    lost and alerts.jsonl's lines."""
+    out = tmp_path / "out"
+    mqtt = {"protocol": protocol}
+    collect(broker.port, "watcher", ["streamproc/alerts/#"], quiet_s=0.1, protocol=protocol)
+    config = f'[checkpoint]\ninterval_s = 2.0\n[mqtt]\nprotocol = "{protocol}"\n'
+    d = _daemon(tmp_path, broker, config).start()
+    try:
+        d.wait_ready()
+        first = len(feed.messages) * 2 // 5
+        publish_all(broker.url, feed.messages[:first], **mqtt)
+        d.wait_messages(first)
+        rest = feed.messages[first:]
+        sender = threading.Thread(target=_publish_paced, args=(broker.url, rest), kwargs=mqtt)
+        sender.start()
+        d.wait_messages(first + 2050)
+        broker.kill()
+        d.wait_until("the daemon sees the broker gone",
+                     lambda: d.value("streamproc_mqtt_connected") == 0)  # fmt: skip
+        at_kill = d.value("streamproc_messages_total")
+        broker.start()
+        sender.join()
+        wm = feed.watermark_of(len(feed.messages)) / 1000
+        d.wait_until("the last message", lambda: d.value("streamproc_watermark_seconds") >= wm)
+        duplicates = d.value("streamproc_mqtt_duplicates_total")
+        resent = d.value("streamproc_dropped_total", reason="out_of_order")
+        received = d.value("streamproc_messages_total")
+        reconnects = d.value("streamproc_mqtt_reconnects_total")
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    on_mqtt = collect(broker.port, "watcher", ["streamproc/alerts/#"], protocol=protocol)
     got, want = snapshot_counts(out), snapshot_counts(feed.replay_dir)
     lines = (out / "alerts.jsonl").read_text().splitlines()
     alerts = [orjson.loads(p) for _, p, _ in on_mqtt]
+    lost = sum(want.values()) - sum(got.values())
     print(f"\n{at_kill:.0f} messages at the kill, {received:.0f} in all (feed: "
-          f"{len(feed.messages)}); {reconnects:.0f} reconnects; readings lost "
-          f"{sum(want.values()) - sum(got.values())}; redeliveries recognised {duplicates:.0f}, "
-          f"readings sent again by the publisher dropped {resent:.0f}; alerts.jsonl "
-          f"{len(lines)} lines (replay: {len(feed.alert_lines)}); {len(alerts)} alert messages "
-          f"to the watcher")  # fmt: skip
+          f"{len(feed.messages)}); {reconnects:.0f} reconnects; readings lost {lost}; "
+          f"redeliveries recognised {duplicates:.0f}, readings sent again by the publisher "
+          f"dropped {resent:.0f}; alerts.jsonl {len(lines)} lines (replay: "
+          f"{len(feed.alert_lines)}); {len(alerts)} alert messages to the watcher")  # fmt: skip
     assert reconnects >= 1
     assert all(got[k] <= want[k] for k in got)  # none counted twice
-    # a message mosquitto acknowledged but had not saved when killed is lost by the broker
-    lost = sum(want.values()) - sum(got.values())
-    assert lost <= 20 * max(len(orjson.loads(p)) - 1 for _, p in feed.messages), want - got
-    if lost == 0:
-        assert lines == feed.alert_lines
     assert {orjson.dumps(a) for a in alerts} == {orjson.dumps(a) for a in map(orjson.loads, lines)}
+    return lost, lines
 
 
-def _publish_paced(url: str, messages: list[tuple[str, bytes]], chunk: int = 100) -> None:
+def _publish_paced(
+    url: str, messages: list[tuple[str, bytes]], chunk: int = 100, **mqtt: object
+) -> None:
     """Publish in chunks with short pauses, so that a kill finds the stream going."""
     for a in range(0, len(messages), chunk):
-        publish_all(url, messages[a : a + chunk])
+        publish_all(url, messages[a : a + chunk], **mqtt)
         time.sleep(0.005)
 
 
