@@ -169,6 +169,23 @@ class _Server:
     def _end(self) -> None:
         raise NotImplementedError
 
+    def log_text(self) -> str:
+        raise NotImplementedError
+
+    def _wait_ready(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
+        """Poll ``ready`` until it holds; raise with the log if the process exits first, or
+        end it and raise after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise RuntimeError(f"{what} exited with {code}:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                self._end()
+                raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{self.log_text()}")
+            time.sleep(0.02)
+
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -297,16 +314,7 @@ class Broker(_Server):
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self.port):
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with {self._proc.returncode}:\n{self.log_text()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()}")
-            time.sleep(0.02)
+        self._wait_ready(lambda: _accepts(self.port), "mosquitto", START_TIMEOUT)
 
     def stop(self) -> None:
         """SIGTERM and wait: mosquitto writes its persistence database on the way out."""
@@ -391,16 +399,10 @@ class Prometheus(_Server):
             self._proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._ready():
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"prometheus exited with {self._proc.returncode}:\n{_tail(self.log_path)}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"prometheus not ready:\n{_tail(self.log_path)}")
-            time.sleep(0.05)
+        self._wait_ready(self._ready, "prometheus", START_TIMEOUT)
+
+    def log_text(self) -> str:
+        return _tail(self.log_path)
 
     def _ready(self) -> bool:
         try:

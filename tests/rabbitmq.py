@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from tests.mosquitto import HOST, _accepts, _Server, _tail, _terminate, free_port
@@ -64,12 +63,7 @@ class RabbitMQ(_Server):
                 [str(SERVER)], env=env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self.port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self._end()
-                raise RuntimeError(f"RabbitMQ did not start:\n{self.log_text()}")
-            time.sleep(0.1)
+        self._wait_ready(lambda: _accepts(self.port), "RabbitMQ", START_TIMEOUT)
 
     def stop(self) -> None:
         _terminate(self._proc, signal.SIGTERM)
