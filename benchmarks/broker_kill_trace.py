@@ -34,7 +34,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,7 +231,8 @@ def main() -> None:
         pcap = folder / f"run{run}.pcap"
         dump = subprocess.Popen(["tcpdump", "-i", "lo", "-s", "0", "-U", "-w", str(pcap), "tcp"],
                                 stderr=subprocess.PIPE)  # fmt: skip
-        time.sleep(1.0)  # tcpdump prints nothing on stdout when it is listening
+        assert dump.stderr is not None
+        dump.stderr.readline()  # "listening on lo, ...": capturing from here on
         test = subprocess.run([sys.executable, "-m", "pytest", TESTS[args.broker], "-s", "-q",
                                "-p", "no:cacheprovider"],
                               cwd=ROOT, capture_output=True, text=True)  # fmt: skip
