@@ -530,9 +530,10 @@ def bench(n: int, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
 
 
 def breakdown(det: Detector, timed: list[Batch]) -> list[tuple[str, float]]:
-    """CPU ns per reading of the kernel alone: all rules, none, each rule alone; then all rules
-    and none on the same batches sorted by channel (each channel's readings keep their order),
-    which turns random state access into a sweep."""
+    """CPU ns per reading of the kernel alone: all rules, none, both without the state
+    prefetch, each rule alone; then all rules and none on the same batches sorted by channel
+    (each channel's readings keep their order), which turns random state access into a
+    sweep."""
     total = sum(len(b) for b in timed)
     progress(f"[{det.registry.n:,}] kernel alone, rule by rule")
 
@@ -548,6 +549,10 @@ def breakdown(det: Detector, timed: list[Batch]) -> list[tuple[str, float]]:
         ("all rules", ns(det.prm, timed)),
         ("no rule (window, sums, aggregates)", ns(none, timed)),
     ]
+    ahead, det.prefetch_ahead = det.prefetch_ahead, 0
+    out.append(("all rules, no prefetch", ns(det.prm, timed)))
+    out.append(("no rule, no prefetch", ns(none, timed)))
+    det.prefetch_ahead = ahead
     for rule, cols in switches.items():
         prm = none.copy()
         for col in cols:

@@ -25,6 +25,7 @@ from streamproc.kernels.rules import N_RULES, ST_OPEN
 from streamproc.registry import Registry
 
 EVENT_CAPACITY = 65_536
+PREFETCH_AHEAD = 4  # readings between a channel's state prefetch and its use (0: none)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class Detector:
         self.window = settings.detect.window
         self.spec = _state_spec(self.window)
         self.scratch = np.empty(2 * self.window)  # the kernels allocate nothing
+        self.prefetch_ahead = PREFETCH_AHEAD
         self.state: dict[str, np.ndarray] = {}
         self.capacity = 0
         self._grow(1024)
@@ -311,6 +313,7 @@ class Detector:
         while a < b:
             a, ne = bank.process_readings(
                 batch.idx, batch.ts_ms, batch.value, a, b, late_before, scores, self.scratch,
+                self.prefetch_ahead,
                 self.registry.ch_profile, self.prm, self.g,
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
                 s["flat_n"], s["flat_t0"], s["flat_p"],

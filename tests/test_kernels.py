@@ -451,3 +451,22 @@ def test_a_detector_over_a_registry_with_many_channels_gives_each_its_seasonal_r
         reg.channel(f"d{c}", "flow", "traffic", "g")
     det = Detector(s, reg, Counters())
     assert det.state["se_row"][:3000].tolist() == list(range(3000))
+
+
+def test_prefetch_compiles_to_a_prefetch_instruction_and_changes_nothing():
+    from numba import njit
+
+    from streamproc.kernels.prefetch import prefetch, prefetch2
+
+    @njit
+    def touch(a, b, c):
+        prefetch(a, c)
+        prefetch2(b, c, 3)
+        return a[c] + b[c, 3]
+
+    a = np.arange(10.0)
+    b = np.arange(40.0).reshape(10, 4)
+    assert touch(a, b, 7) == 7.0 + 31.0
+    asm = next(iter(touch.inspect_asm().values()))
+    emitted = asm.count("prefetch") + asm.count("prfm")  # x86, arm64
+    assert emitted >= 2, "no prefetch instruction emitted"

@@ -24,6 +24,8 @@ alert's opening time is its ``a_last_open``); the seasonal profiles are rows of 
 tables, only for channels whose profile enables the rule (``se_row``, -1 for none).
 Parameters are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
 Every loop is O(1) per reading except the exact re-sum of the ring every ``window`` writes.
+A reading's state is spread over some thirty arrays; with many channels these are cache
+misses, so the kernel prefetches the state of the channels a few readings ahead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamproc.kernels import kernel
+from streamproc.kernels.prefetch import prefetch, prefetch2
 from streamproc.kernels.rules import (
     EV_OPEN,
     EV_RESOLVE,
@@ -296,7 +299,65 @@ def _cusum(c, e, m, base, dev, pos, neg, prm, p, o):
 
 
 @kernel
-def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf,
+def _prefetch_rows(c, prof, last_ts, ival, st, pos, cnt, s1, s2, a_row, se_row,
+                   agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score):  # fmt: skip
+    """Prefetch channel c's state that every reading uses (the first of two stages)."""
+    prefetch(prof, c)
+    prefetch(last_ts, c)
+    prefetch(ival, c)
+    prefetch(st, c)
+    prefetch(pos, c)
+    prefetch(cnt, c)
+    prefetch(s1, c)
+    prefetch(s2, c)
+    prefetch(a_row, c)
+    prefetch(se_row, c)
+    prefetch(agg_n, c)
+    prefetch(agg_sum, c)
+    prefetch(agg_min, c)
+    prefetch(agg_max, c)
+    prefetch(agg_last, c)
+    prefetch(agg_last_ts, c)
+    prefetch(agg_score, c)
+
+
+@kernel
+def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_p,
+                    cu_n, cu_base, cu_dev, cu_pos, cu_neg, se_row, se_z,
+                    a_row, a_sev, a_flap, a_since, a_last_open, a_peak, a_score):  # fmt: skip
+    """Prefetch what channel c's rules will read, found from the state the first stage
+    brought in: the ring's newest values, the enabled rules' arrays, the alert row."""
+    window = ring.shape[1]
+    k = pos[c]
+    prefetch2(ring, c, k - 1 if k > 0 else window - 1)
+    prefetch2(ring, c, k)
+    prefetch2(ring, c, k + 1 if k + 1 < window else 0)
+    p = prof[c]
+    if prm[p, P_FL_ON] > 0:
+        prefetch(flat_n, c)
+        prefetch(flat_t0, c)
+        prefetch(flat_p, c)
+    if prm[p, P_CU_ON] > 0:
+        prefetch(cu_n, c)
+        prefetch(cu_base, c)
+        prefetch(cu_dev, c)
+        prefetch(cu_pos, c)
+        prefetch(cu_neg, c)
+    r = se_row[c]
+    if r >= 0:
+        prefetch(se_z, r)
+    b = a_row[c]
+    if b >= 0:
+        prefetch(a_sev, b)
+        prefetch(a_flap, b)
+        prefetch(a_since, b)
+        prefetch(a_last_open, b)
+        prefetch(a_peak, b)
+        prefetch(a_score, b)
+
+
+@kernel
+def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, ahead,
                      prof, prm, g,
                      ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
                      cu_n, cu_base, cu_dev, cu_pos, cu_neg,
@@ -306,7 +367,9 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf,
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                      counts):  # fmt: skip
     """Run readings ``start..stop`` of a batch; returns (next reading, events written).
-    ``buf`` is scratch space of at least ``2 * window`` floats.
+    ``buf`` is scratch space of at least ``2 * window`` floats. The state of the channel
+    ``2 * ahead`` readings ahead is prefetched, and then, ``ahead`` readings ahead, what its
+    rules need (0: no prefetch).
 
     Stops early, before a reading, when fewer than N_RULES event slots or no free alert row
     remain; the caller drains the events (grows the alert tables) and calls again from the
@@ -319,6 +382,16 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf,
     for i in range(start, stop):
         if ne + N_RULES > cap or a_free[0] < 1:
             return i, ne
+        if ahead > 0:
+            if i + 2 * ahead < stop:
+                _prefetch_rows(idx[i + 2 * ahead], prof, last_ts, ival, st, pos, cnt, s1, s2,
+                               a_row, se_row, agg_n, agg_sum, agg_min, agg_max, agg_last,
+                               agg_last_ts, agg_score)  # fmt: skip
+            if i + ahead < stop:
+                _prefetch_rules(idx[i + ahead], prof, prm, ring, pos, flat_n, flat_t0, flat_p,
+                                cu_n, cu_base, cu_dev, cu_pos, cu_neg, se_row, se_z,
+                                a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
+                                a_score)  # fmt: skip
         c = idx[i]
         t = ts[i]
         x = val[i]
