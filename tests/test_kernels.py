@@ -470,3 +470,24 @@ def test_prefetch_compiles_to_a_prefetch_instruction_and_changes_nothing():
     asm = next(iter(touch.inspect_asm().values()))
     emitted = asm.count("prefetch") + asm.count("prfm")  # x86, arm64
     assert emitted >= 2, "no prefetch instruction emitted"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(-3, 3).map(float), st.floats(-1e6, 1e6, allow_nan=False)),
+        min_size=1,
+        max_size=70,
+    )
+)
+def test_selection_finds_every_order_statistic(values):
+    """The hampel rule's selection (many ties, sorted and reversed runs included)."""
+    from streamproc.kernels.bank import _kth
+
+    data = np.array(values)
+    want = np.sort(data)
+    for arr in (data, want, want[::-1]):
+        for k in range(len(data)):
+            buf = np.array(arr, copy=True)
+            assert _kth(buf, len(buf), k) == want[k]
+            assert sorted(buf) == list(want)  # a permutation of the input
