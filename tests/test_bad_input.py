@@ -565,3 +565,35 @@ def test_fuzz_message_streams(messages: list[tuple[str, bytes, int]]) -> None:
 @pytest.mark.parametrize(("topic", "payload"), SEEDS)
 def test_fuzz_seeds_are_valid(topic: str, payload: bytes) -> None:
     assert Harness().check(topic, payload) == (cn.OK if payload else cn.EMPTY)
+
+
+def test_tidy_rows_of_a_known_channel_still_need_a_valid_kind_and_group(tmp_path: Path) -> None:
+    """Channels are looked up before the ids are checked; a registered (device, metric) in a
+    row with a bad kind or group is refused all the same, and a bad device is never registered."""
+    import numpy as np
+
+    from streamproc.runner import tidy_batch
+    from streamproc.sources.replay import TidyChunk
+
+    p = Pipeline(Settings(), tmp_path)
+
+    def run(pairs: list[tuple[str, str, str | None, str | None]]) -> list[int]:
+        n = len(pairs)
+        ts = np.arange(n, dtype=np.int64) + 1_700_000_000_000
+        chunk = TidyChunk(ts, np.ones(n), np.arange(n, dtype=np.int32), pairs, True, True)
+        return tidy_batch(p, chunk).idx.tolist()
+
+    assert run([("st1", "pm25", "air", "north")]) == [0]
+    before = p.counters.dropped.get(cn.INVALID_ID, 0)
+    got = run(
+        [
+            ("st1", "pm25", "air", "no rth"),  # bad group
+            ("st1", "pm25", "a/r", "north"),  # bad kind
+            ("st1", "pm25", None, None),  # defaults: fine
+            ("st 2", "pm25", "air", "north"),  # bad device
+        ]
+    )
+    assert got == [0]
+    assert p.counters.dropped[cn.INVALID_ID] - before == 3
+    assert p.registry.n == 1
+    p.close()

@@ -151,3 +151,25 @@ def test_a_long_silence_loses_no_reading(tmp_path: Path) -> None:
     p.close()
     assert p.counters.readings == 60
     assert not p.counters.dropped
+
+
+def test_a_paced_replay_waits_within_a_large_chunk(tmp_path: Path) -> None:
+    """Feeds are read in chunks of up to 1M readings; paced, each part of PACED_ROWS
+    readings still waits for its own time."""
+    import time
+
+    from streamproc.config import load
+    from streamproc.pipeline import Pipeline
+    from streamproc.runner import PACED_ROWS, TIDY_CHUNK_ROWS
+    from streamproc.runner import replay as run_replay
+
+    feed = tmp_path / "feed.parquet"
+    n = tidy_feed(feed, 1000, 200)  # one chunk, 200 minutes of event time
+    assert PACED_ROWS * 3 < n < TIDY_CHUNK_ROWS
+    last_part_s = (PACED_ROWS * 3 // 1000) * 60  # event time of the last part's first reading
+    p = Pipeline(load(None), tmp_path / "out")
+    t = time.monotonic()
+    assert run_replay(p, feed, speed=6000.0)
+    wall = time.monotonic() - t
+    assert wall >= last_part_s / 6000.0 - 0.05
+    assert p.counters.readings == n

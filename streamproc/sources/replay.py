@@ -133,16 +133,19 @@ def feed_size(path: Path) -> int | None:
     return size if path.is_file() else None
 
 
-def read_feed(path: Path, counters: Counters, chunk_rows: int = 65536) -> Iterator[Chunk]:
-    """Chunks of a feed file (see the module docstring).
+def read_feed(
+    path: Path, counters: Counters, chunk_rows: int = 65536, tidy_rows: int | None = None
+) -> Iterator[Chunk]:
+    """Chunks of a feed file (see the module docstring); ``tidy_rows`` (default
+    ``chunk_rows``) for the readings of a Parquet or CSV feed, which stay columnar.
 
     Raises FileNotFoundError for a missing file and ValueError for a Parquet or CSV file
     with unknown columns (at call time) or a JSON Lines file whose first record has
     neither shape (when reached).
     """
     path = Path(path)
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if chunk_rows < 1 or (tidy_rows is not None and tidy_rows < 1):
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}, {tidy_rows}")
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     fmt = feed_format(path)
@@ -153,12 +156,15 @@ def read_feed(path: Path, counters: Counters, chunk_rows: int = 65536) -> Iterat
             schema = pf.schema_arrow
             names = [c for c in cols[1:] if c != "value" and _is_text(schema.field(c).type)]
             pf = pq.ParquetFile(path, read_dictionary=names)
+            chunk_rows = tidy_rows or chunk_rows
         return _parquet_chunks(pf, shape, cols, counters, chunk_rows, path.name)
     if fmt == "csv":
         header = _csv_header(path)
         if header is None:
             return iter(())
         shape, cols = _shape(header, path)
+        if shape == TIDY:
+            chunk_rows = tidy_rows or chunk_rows
         return _csv_chunks(path, shape, cols, counters, chunk_rows)
     if fmt == "jsonl":
         return _jsonl_chunks(path, counters, chunk_rows)
