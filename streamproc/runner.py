@@ -53,26 +53,23 @@ def tidy_batch(pipeline: Pipeline, chunk: TidyChunk) -> Batch:
     """Resolve a tidy chunk's (device, metric) pairs to channels once, then map rows with numpy.
 
     Rows without a usable channel or value are counted as dropped, by reason. A registered
-    (device, metric) needs no id check (the registry holds valid ids only); kinds and groups,
-    few, are checked once per chunk.
+    (device, metric) needs no id check (the registry holds valid ids only); each (kind, group)
+    is checked once per chunk.
     """
     reg = pipeline.registry
     known = reg.index
     default_kind = pipeline.settings.channels.kinds[0]
-    checked: dict[str, bool] = {}
+    checked: dict[tuple[str, str], bool] = {}  # (kind, group): few per chunk
     codes = np.empty(len(chunk.pairs), np.int32)
     for i, (device, metric, kind, group) in enumerate(chunk.pairs):
         kind, group = kind or default_kind, group or "default"
-        ok_kind = checked.get(kind)
-        if ok_kind is None:
-            ok_kind = checked[kind] = valid_id(kind)
-        ok_group = checked.get(group)
-        if ok_group is None:
-            ok_group = checked[group] = valid_id(group)
-        c = known.get((device, metric)) if ok_kind and ok_group else BAD_ID
+        ok = checked.get((kind, group))
+        if ok is None:
+            ok = checked[kind, group] = valid_id(kind) and valid_id(group)
+        c = known.get((device, metric)) if ok else BAD_ID
         if c is None:
-            ok = valid_id(device) and valid_id(metric)
-            c = reg.channel(device, metric, kind, group) if ok else BAD_ID
+            valid = valid_id(device) and valid_id(metric)
+            c = reg.channel(device, metric, kind, group) if valid else BAD_ID
         codes[i] = c
     idx = codes[chunk.pair_code]
     for code, reason in _REFUSALS.items():

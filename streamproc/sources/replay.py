@@ -144,8 +144,9 @@ def read_feed(
     neither shape (when reached).
     """
     path = Path(path)
-    if chunk_rows < 1 or (tidy_rows is not None and tidy_rows < 1):
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}, {tidy_rows}")
+    for name, rows in (("chunk_rows", chunk_rows), ("tidy_rows", tidy_rows)):
+        if rows is not None and rows < 1:
+            raise ValueError(f"{name} must be >= 1, got {rows}")
     if not path.exists():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     fmt = feed_format(path)
