@@ -134,6 +134,9 @@ class FlatlineParams:
     # A run must also be longer than chance makes likely on this channel: with p the share of
     # its readings equal to the previous one (learnt outside runs), at least log(max_chance) /
     # log(p) readings. Sensors of coarse resolution repeat values often; 0 turns this off.
+    # p is learnt apart for readings at the channel's floor (a minimum that rises by 0.1 % of
+    # the difference with each reading above it), where such sensors sit on their detection
+    # limit for days; a run that sets a floor below all the channel has read is off the floor.
     max_chance: float = 1e-6
 
 

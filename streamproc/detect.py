@@ -69,7 +69,7 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "ival": (np.float64, (), 0.0),
         "flat_n": (np.int32, (), 0),
         "flat_t0": (np.int64, (), NEVER),
-        "flat_p": (np.float64, (), 0.0),
+        "flat_learnt": (np.float64, (5,), (0.0, 0.0, np.nan, np.nan, 0.0)),  # bank.FL_* slots
         "nb_n": (np.int32, (), 0),
         "nb_base": (np.float64, (), 0.0),
         "nb_dev": (np.float64, (), 0.0),
@@ -316,7 +316,7 @@ class Detector:
                 self.prefetch_ahead,
                 self.registry.ch_profile, self.prm, self.g,
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
-                s["flat_n"], s["flat_t0"], s["flat_p"],
+                s["flat_n"], s["flat_t0"], s["flat_learnt"],
                 s["cu_n"], s["cu_base"], s["cu_dev"], s["cu_pos"], s["cu_neg"],
                 s["se_row"], se["se_mean"], se["se_dev"], se["se_w"], se["se_z"],
                 *self._alert_tables(),

@@ -68,7 +68,11 @@ class Chan:
     ival: float = 0.0
     flat_n: int = 0
     flat_t0: int | None = None
-    flat_p: float = 0.0
+    flat_p: float = 0.0  # share of repeated values off the floor
+    flat_pf: float = 0.0  # ... at the floor
+    flat_floor: float = math.nan  # a leaky minimum
+    flat_floor_value: float = math.nan  # the last reading that set it
+    flat_new_floor: bool = False  # the run began by setting the floor to a new value
     alerts: dict[int, Alert] = field(
         default_factory=lambda: {r: Alert() for r in range(len(RULES))}
     )
@@ -322,11 +326,27 @@ class Reference:
                 ch.flat_n += 1
             else:
                 ch.flat_n, ch.flat_t0 = 1, t
+            new_value = False
+            if math.isnan(ch.flat_floor) or xv <= ch.flat_floor:
+                new_value = not abs(xv - ch.flat_floor_value) <= fl.tolerance
+                if new_value:
+                    ch.flat_floor_value = xv
+                ch.flat_floor = xv
+            else:
+                ch.flat_floor += 0.001 * (xv - ch.flat_floor)
+            if not same:
+                ch.flat_new_floor = new_value
+            at_floor = xv <= ch.flat_floor + fl.tolerance and not ch.flat_new_floor
+            p = ch.flat_pf if at_floor else ch.flat_p
             if w and ch.flat_n < fl.min_readings:
-                ch.flat_p += 0.01 * ((1.0 if same else 0.0) - ch.flat_p)
+                p += 0.01 * ((1.0 if same else 0.0) - p)
+                if at_floor:
+                    ch.flat_pf = p
+                else:
+                    ch.flat_p = p
             trig = ch.flat_n >= fl.min_readings and t - ch.flat_t0 >= fl.min_duration_s * 1000
-            if trig and fl.max_chance > 0 and ch.flat_p > 0:
-                trig = ch.flat_n * math.log(ch.flat_p) <= math.log(fl.max_chance)
+            if trig and fl.max_chance > 0 and p > 0:
+                trig = ch.flat_n * math.log(p) <= math.log(fl.max_chance)
             sc = 0.75 if trig else 0.0
             score = max(score, sc)
             self.step(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0)

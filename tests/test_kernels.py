@@ -331,6 +331,35 @@ def test_flatline_needs_a_run_longer_than_the_channel_repeats_by_chance():
     assert [i for i in flat_opens(coarse_long) if i >= 300] != []
 
 
+def test_flatline_learns_apart_how_often_a_channel_repeats_at_its_floor():
+    """A coarse sensor sits on its detection limit (2.0) every night: a night of 60 equal
+    readings there is its habit, while 15 equal readings by day, or a failure to 0 (below all
+    it has read), are stuck. The kernel matches the slow reference on the whole series."""
+    s = from_dict({"rules": {"flatline": {"min_duration_s": 0}}})
+    rng = np.random.default_rng(3)
+    parts = []
+    for _ in range(40):
+        parts += [np.maximum(3.0, np.round(rng.normal(20, 5, 30))), np.full(30, 2.0)]
+    day = np.maximum(3.0, np.round(rng.normal(20, 5, 30)))
+    stuck = len(np.concatenate(parts)) + 30
+    parts += [day, np.full(15, 17.0), day, np.full(60, 2.0), day]
+    failed = len(np.concatenate(parts))
+    parts.append(np.zeros(20))
+    x = np.concatenate(parts)
+    reg = Registry(s.channels)
+    reg.channel("d", "so2", "air", "g")
+    det = Detector(s, reg, Counters())
+    ts = T0 + np.arange(len(x), dtype=np.int64) * 60_000
+    batch = Batch(np.zeros(len(x), np.int32), ts, x)
+    events = run(det, batch, [])[0]
+    ref = Reference(s, {0: ("air", "so2")})
+    ref.run(list(zip(batch.idx.tolist(), batch.ts_ms.tolist(), x.tolist(), strict=True)))
+    ref.finish()
+    assert_events_equal(events, ref.events)
+    opened = [int(np.searchsorted(ts, e[3])) for e in events if e[1] == 2 and e[2] == 1]
+    assert [i for i in opened if i >= 600] == [stuck + 11, failed + 11]
+
+
 def _default_rules(series: np.ndarray, step_ms: int, metric: str) -> list[tuple[int, int, int]]:
     """(rule, event kind, reading index) of the alerts that default settings raise on one
     pipe channel's series."""

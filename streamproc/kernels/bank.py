@@ -10,7 +10,8 @@ Per reading (channel c, time t, value x), in this order:
    - zscore: the change x - previous against the mean and std of the changes in the last
      ``window`` values (spikes, dips, sudden steps; slow daily trends barely move it);
    - flatline: x equal (within tolerance) to the previous value for N readings and T ms
-     (and for longer than the channel's own rate of repeats makes likely);
+     (and for longer than the channel's own rate of repeats makes likely: its rate at its
+     floor for a run at the floor, such as a detection limit, its rate elsewhere otherwise);
    - rate: the change from the previous reading per second beyond a limit;
    - hampel: the previous reading jumped, robustly far from the window's changes (median and
      MAD), and x takes the jump back (an isolated spike, reported one reading late);
@@ -123,6 +124,11 @@ C_LATE, C_OUT_OF_ORDER = range(2)
 
 FLATLINE_SCORE = 0.75
 FLAT_P_ALPHA = 0.01  # EWMA weight of one reading in a channel's share of repeated values
+FLAT_FLOOR_RISE = 0.001  # a reading above the floor lifts it by this share of the difference
+# slots of ``flat_learnt``: the share of repeated values off the floor and at the floor; the
+# floor (a leaky minimum); the last reading that set it; 1 if the current run began by setting
+# it to a new value (a sensor failing below all it has read: judged as off the floor)
+FL_OFF_FLOOR, FL_AT_FLOOR, FL_FLOOR, FL_FLOOR_VALUE, FL_NEW_FLOOR = range(5)
 DROPOUT_SCORE = 0.75
 SEASON_BINS = 48  # hour of day x (weekday, weekend)
 SEASON_BIN_MS = 3_600_000
@@ -342,7 +348,7 @@ def _prefetch_rows(c, prof, last_ts, ival, st, pos, cnt, s1, s2, a_row, se_row,
 
 
 @kernel
-def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_p,
+def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
                     cu_n, cu_base, cu_dev, cu_pos, cu_neg, se_row, se_z,
                     a_row, a_sev, a_flap, a_since, a_last_open, a_peak, a_score):  # fmt: skip
     """Prefetch what channel c's rules will read, found from the state the first stage
@@ -356,7 +362,7 @@ def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_p,
     if prm[p, P_FL_ON] > 0:
         prefetch(flat_n, c)
         prefetch(flat_t0, c)
-        prefetch(flat_p, c)
+        prefetch(flat_learnt, c)
     if prm[p, P_CU_ON] > 0:
         prefetch(cu_n, c)
         prefetch(cu_base, c)
@@ -379,7 +385,7 @@ def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_p,
 @kernel
 def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, ahead,
                      prof, prm, g,
-                     ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_p,
+                     ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_learnt,
                      cu_n, cu_base, cu_dev, cu_pos, cu_neg,
                      se_row, se_mean, se_dev, se_w, se_z,
                      st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
@@ -408,7 +414,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                                a_row, se_row, agg_n, agg_sum, agg_min, agg_max, agg_last,
                                agg_last_ts, agg_score)  # fmt: skip
             if i + ahead < stop:
-                _prefetch_rules(idx[i + ahead], prof, prm, ring, pos, flat_n, flat_t0, flat_p,
+                _prefetch_rules(idx[i + ahead], prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
                                 cu_n, cu_base, cu_dev, cu_pos, cu_neg, se_row, se_z,
                                 a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
                                 a_score)  # fmt: skip
@@ -495,21 +501,39 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                             a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                             ev_score, ev_sev, ne)  # fmt: skip
 
-        # flatline: the same value again and again, for longer than chance explains
+        # flatline: the same value again and again, for longer than chance explains. Chance is
+        # learnt apart at the channel's floor (a leaky minimum), where coarse sensors sit on
+        # their detection limit for days, and elsewhere.
         if prm[p, P_FL_ON] > 0:
+            tol = prm[p, P_FL_TOL]
             prev = np.float64(ring[c, (pos[c] - 1) % window])
-            same = n > 0 and abs(xv - prev) <= prm[p, P_FL_TOL]
+            same = n > 0 and abs(xv - prev) <= tol
             if same:
                 flat_n[c] += 1
             else:
                 flat_n[c] = 1
                 flat_t0[c] = t
+            floor = flat_learnt[c, FL_FLOOR]
+            new_value = False
+            if floor != floor or xv <= floor:
+                new_value = not abs(xv - flat_learnt[c, FL_FLOOR_VALUE]) <= tol  # NaN: new
+                if new_value:
+                    flat_learnt[c, FL_FLOOR_VALUE] = xv
+                floor = xv
+            else:
+                floor += FLAT_FLOOR_RISE * (xv - floor)
+            flat_learnt[c, FL_FLOOR] = floor
+            if not same:
+                flat_learnt[c, FL_NEW_FLOOR] = 1.0 if new_value else 0.0
+            at_floor = xv <= floor + tol and flat_learnt[c, FL_NEW_FLOOR] == 0.0
+            k = FL_AT_FLOOR if at_floor else FL_OFF_FLOOR
             if n > 0 and flat_n[c] < prm[p, P_FL_MIN_N]:  # learn p outside (suspected) runs
-                flat_p[c] += FLAT_P_ALPHA * ((1.0 if same else 0.0) - flat_p[c])
+                flat_learnt[c, k] += FLAT_P_ALPHA * ((1.0 if same else 0.0) - flat_learnt[c, k])
             trig = flat_n[c] >= prm[p, P_FL_MIN_N] and t - flat_t0[c] >= prm[p, P_FL_MIN_MS]
             log_chance = prm[p, P_FL_LOG_CHANCE]
-            if trig and log_chance < 0 and flat_p[c] > 0:
-                trig = flat_n[c] * np.log(flat_p[c]) <= log_chance
+            q = flat_learnt[c, k]
+            if trig and log_chance < 0 and q > 0:
+                trig = flat_n[c] * np.log(q) <= log_chance
             sc = FLATLINE_SCORE if trig else 0.0
             score = max(score, sc)
             ne = step_alert(c, R_FLATLINE, t, trig, trig, SEV_WARNING, sc, x, 0, g,
