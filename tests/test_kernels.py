@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from numpy.testing import assert_allclose
 
 from streamproc.alerts import Events
 from streamproc.batch import Batch
-from streamproc.config import from_dict
+from streamproc.config import Settings, from_dict, load
 from streamproc.counters import Counters
 from streamproc.detect import Detector, IntervalClosed
 from streamproc.kernels.rules import EV_OPEN, RULES
@@ -358,6 +359,28 @@ def test_flatline_learns_apart_how_often_a_channel_repeats_at_its_floor():
     assert_events_equal(events, ref.events)
     opened = [int(np.searchsorted(ts, e[3])) for e in events if e[1] == 2 and e[2] == 1]
     assert [i for i in opened if i >= 600] == [stuck + 11, failed + 11]
+
+
+def test_air_hourly_profile_reports_a_spike_but_not_a_step_that_stays():
+    """configs/air-hourly.toml: on hourly air readings a step that stays is a real change of
+    the air, not a sensor fault, and a spike is reported by hampel one reading late. With the
+    defaults zscore reports both."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(40, 3, 200)
+    x[100:] += 30  # a step that stays
+    x[150] *= 6  # a spike
+    ts = T0 + np.arange(len(x), dtype=np.int64) * 3_600_000
+
+    def opened(s: Settings) -> list[tuple[str, int]]:
+        reg = Registry(s.channels)
+        reg.channel("st", "pm10", "air", "g")
+        det = Detector(s, reg, Counters())
+        events = run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+        return [(RULES[e[1]], int(np.searchsorted(ts, e[3]))) for e in events if e[2] == EV_OPEN]
+
+    assert opened(from_dict({})) == [("zscore", 100), ("zscore", 150)]
+    hourly = load(Path(__file__).parents[1] / "configs" / "air-hourly.toml")
+    assert opened(hourly) == [("hampel", 151)]
 
 
 def _default_rules(series: np.ndarray, step_ms: int, metric: str) -> list[tuple[int, int, int]]:
