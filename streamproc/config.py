@@ -191,7 +191,8 @@ class HampelParams:
     of the changes in the window, that the next reading takes back. Reported when that next
     reading arrives; a step that stays is a level change, not a spike. Off by default: on the
     simulated city and on Beijing it finds no spike that zscore misses (benchmarks/RESULTS.md);
-    it is the spike rule for series whose change z-score is too noisy to keep on."""
+    it is the spike rule for series whose change z-score is too noisy to keep on
+    (configs/air-hourly.toml)."""
 
     enabled: bool = False
     z_open: float = 12.0  # the jump's robust z-score
