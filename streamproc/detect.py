@@ -69,7 +69,7 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "ival": (np.float64, (), 0.0),
         "flat_n": (np.int32, (), 0),
         "flat_t0": (np.int64, (), NEVER),
-        "flat_learnt": (np.float64, (5,), (0.0, 0.0, np.nan, np.nan, 0.0)),  # bank.FL_* slots
+        "flat_learnt": (np.float64, (4,), (0.0, 0.0, np.nan, np.nan)),  # bank.FL_* slots
         "nb_n": (np.int32, (), 0),
         "nb_base": (np.float64, (), 0.0),
         "nb_dev": (np.float64, (), 0.0),

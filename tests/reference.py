@@ -71,8 +71,7 @@ class Chan:
     flat_p: float = 0.0  # share of repeated values off the floor
     flat_pf: float = 0.0  # ... at the floor
     flat_floor: float = math.nan  # a leaky minimum
-    flat_floor_value: float = math.nan  # the last reading that set it
-    flat_new_floor: bool = False  # the run began by setting the floor to a new value
+    flat_floor_value: float = math.nan  # its value, once a reading sat on it and left it
     alerts: dict[int, Alert] = field(
         default_factory=lambda: {r: Alert() for r in range(len(RULES))}
     )
@@ -326,17 +325,16 @@ class Reference:
                 ch.flat_n += 1
             else:
                 ch.flat_n, ch.flat_t0 = 1, t
-            new_value = False
             if math.isnan(ch.flat_floor) or xv <= ch.flat_floor:
-                new_value = not abs(xv - ch.flat_floor_value) <= fl.tolerance
-                if new_value:
-                    ch.flat_floor_value = xv
                 ch.flat_floor = xv
             else:
+                if w and abs(w[-1] - ch.flat_floor) <= fl.tolerance:
+                    ch.flat_floor_value = ch.flat_floor
                 ch.flat_floor += 0.001 * (xv - ch.flat_floor)
-            if not same:
-                ch.flat_new_floor = new_value
-            at_floor = xv <= ch.flat_floor + fl.tolerance and not ch.flat_new_floor
+            at_floor = (
+                xv <= ch.flat_floor + fl.tolerance
+                and abs(xv - ch.flat_floor_value) <= fl.tolerance
+            )
             p = ch.flat_pf if at_floor else ch.flat_p
             if w and ch.flat_n < fl.min_readings:
                 p += 0.01 * ((1.0 if same else 0.0) - p)

@@ -125,10 +125,10 @@ C_LATE, C_OUT_OF_ORDER = range(2)
 FLATLINE_SCORE = 0.75
 FLAT_P_ALPHA = 0.01  # EWMA weight of one reading in a channel's share of repeated values
 FLAT_FLOOR_RISE = 0.001  # a reading above the floor lifts it by this share of the difference
-# slots of ``flat_learnt``: the share of repeated values off the floor and at the floor; the
-# floor (a leaky minimum); the last reading that set it; 1 if the current run began by setting
-# it to a new value (a sensor failing below all it has read: judged as off the floor)
-FL_OFF_FLOOR, FL_AT_FLOOR, FL_FLOOR, FL_FLOOR_VALUE, FL_NEW_FLOOR = range(5)
+# slots of ``flat_learnt`` (32 B per channel): the share of repeated values off the floor and at
+# the floor; the floor (a leaky minimum); its value, once a reading has sat on it and left it (a
+# reading below it is off the floor: a sensor failing below all it has read)
+FL_OFF_FLOOR, FL_AT_FLOOR, FL_FLOOR, FL_FLOOR_VALUE = range(4)
 DROPOUT_SCORE = 0.75
 SEASON_BINS = 48  # hour of day x (weekday, weekend)
 SEASON_BIN_MS = 3_600_000
@@ -514,18 +514,14 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                 flat_n[c] = 1
                 flat_t0[c] = t
             floor = flat_learnt[c, FL_FLOOR]
-            new_value = False
             if floor != floor or xv <= floor:
-                new_value = not abs(xv - flat_learnt[c, FL_FLOOR_VALUE]) <= tol  # NaN: new
-                if new_value:
-                    flat_learnt[c, FL_FLOOR_VALUE] = xv
                 floor = xv
             else:
+                if abs(prev - floor) <= tol:  # leaving the floor: its value is established
+                    flat_learnt[c, FL_FLOOR_VALUE] = floor
                 floor += FLAT_FLOOR_RISE * (xv - floor)
             flat_learnt[c, FL_FLOOR] = floor
-            if not same:
-                flat_learnt[c, FL_NEW_FLOOR] = 1.0 if new_value else 0.0
-            at_floor = xv <= floor + tol and flat_learnt[c, FL_NEW_FLOOR] == 0.0
+            at_floor = xv <= floor + tol and abs(xv - flat_learnt[c, FL_FLOOR_VALUE]) <= tol
             k = FL_AT_FLOOR if at_floor else FL_OFF_FLOOR
             if n > 0 and flat_n[c] < prm[p, P_FL_MIN_N]:  # learn p outside (suspected) runs
                 flat_learnt[c, k] += FLAT_P_ALPHA * ((1.0 if same else 0.0) - flat_learnt[c, k])
