@@ -332,8 +332,7 @@ class Reference:
                     ch.flat_floor_value = ch.flat_floor
                 ch.flat_floor += 0.001 * (xv - ch.flat_floor)
             at_floor = (
-                xv <= ch.flat_floor + fl.tolerance
-                and abs(xv - ch.flat_floor_value) <= fl.tolerance
+                xv <= ch.flat_floor + fl.tolerance and abs(xv - ch.flat_floor_value) <= fl.tolerance
             )
             p = ch.flat_pf if at_floor else ch.flat_p
             if w and ch.flat_n < fl.min_readings:
