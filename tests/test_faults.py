@@ -375,7 +375,8 @@ def test_daemon_sigkill_mid_stream_loses_nothing_acknowledged(
     # the broker sends again only what was in flight, unacknowledged: mosquitto's window is 20
     assert duplicates <= 20
     # each message once: in the checkpoint (the first part), the journal, or from the broker
-    assert first + replayed + again - duplicates == len(feed.messages)
+    # (a redelivery recognised as a duplicate is not handed on, so it is not in ``again``)
+    assert first + replayed + again == len(feed.messages)
 
 
 def test_broker_sigkill_mid_stream(tmp_path: Path, mosquitto_bin: str, feed: Feed) -> None:
