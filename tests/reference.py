@@ -331,9 +331,7 @@ class Reference:
                 if w and abs(w[-1] - ch.flat_floor) <= fl.tolerance:
                     ch.flat_floor_value = ch.flat_floor
                 ch.flat_floor += 0.001 * (xv - ch.flat_floor)
-            at_floor = (
-                xv <= ch.flat_floor + fl.tolerance and abs(xv - ch.flat_floor_value) <= fl.tolerance
-            )
+            at_floor = abs(xv - ch.flat_floor_value) <= fl.tolerance
             p = ch.flat_pf if at_floor else ch.flat_p
             if w and ch.flat_n < fl.min_readings:
                 p += 0.01 * ((1.0 if same else 0.0) - p)

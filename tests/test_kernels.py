@@ -307,6 +307,14 @@ def test_neighbour_rule_fires_on_the_drifting_channel_only():
     assert opened[0][1] > T0 + 600 * 10_000  # after the drift began
 
 
+def _channel_events(s: Settings, kind: str, metric: str, ts: np.ndarray, x: np.ndarray) -> list:
+    """Every alert event of one channel fed ``x`` at ``ts`` under settings ``s``."""
+    reg = Registry(s.channels)
+    reg.channel("d", metric, kind, "g")
+    det = Detector(s, reg, Counters())
+    return run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+
+
 def test_flatline_needs_a_run_longer_than_the_channel_repeats_by_chance():
     """A coarse sensor repeats its value half of the time: a run of 15 is chance there (an
     alert needs log(1e-6) / log(0.5) = 20), while a fine sensor's run of 15 is stuck."""
@@ -320,11 +328,8 @@ def test_flatline_needs_a_run_longer_than_the_channel_repeats_by_chance():
     coarse_long[300:340] = coarse_long[299]
 
     def flat_opens(x: np.ndarray) -> list[int]:
-        reg = Registry(s.channels)
-        reg.channel("d", "pm25", "air", "g")
-        det = Detector(s, reg, Counters())
         ts = T0 + np.arange(len(x), dtype=np.int64) * 60_000
-        events = run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+        events = _channel_events(s, "air", "pm25", ts, x)
         return [int(np.searchsorted(ts, e[3])) for e in events if e[1] == 2 and e[2] == 1]
 
     assert [i for i in flat_opens(coarse) if i >= 300] == []
@@ -347,14 +352,10 @@ def test_flatline_learns_apart_how_often_a_channel_repeats_at_its_floor():
     failed = len(np.concatenate(parts))
     parts.append(np.zeros(20))
     x = np.concatenate(parts)
-    reg = Registry(s.channels)
-    reg.channel("d", "so2", "air", "g")
-    det = Detector(s, reg, Counters())
     ts = T0 + np.arange(len(x), dtype=np.int64) * 60_000
-    batch = Batch(np.zeros(len(x), np.int32), ts, x)
-    events = run(det, batch, [])[0]
+    events = _channel_events(s, "air", "so2", ts, x)
     ref = Reference(s, {0: ("air", "so2")})
-    ref.run(list(zip(batch.idx.tolist(), batch.ts_ms.tolist(), x.tolist(), strict=True)))
+    ref.run([(0, t, v) for t, v in zip(ts.tolist(), x.tolist(), strict=True)])
     ref.finish()
     assert_events_equal(events, ref.events)
     opened = [int(np.searchsorted(ts, e[3])) for e in events if e[1] == 2 and e[2] == 1]
@@ -372,10 +373,7 @@ def test_air_hourly_profile_reports_a_spike_but_not_a_step_that_stays():
     ts = T0 + np.arange(len(x), dtype=np.int64) * 3_600_000
 
     def opened(s: Settings) -> list[tuple[str, int]]:
-        reg = Registry(s.channels)
-        reg.channel("st", "pm10", "air", "g")
-        det = Detector(s, reg, Counters())
-        events = run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+        events = _channel_events(s, "air", "pm10", ts, x)
         return [(RULES[e[1]], int(np.searchsorted(ts, e[3]))) for e in events if e[2] == EV_OPEN]
 
     assert opened(from_dict({})) == [("zscore", 100), ("zscore", 150)]
@@ -386,12 +384,8 @@ def test_air_hourly_profile_reports_a_spike_but_not_a_step_that_stays():
 def _default_rules(series: np.ndarray, step_ms: int, metric: str) -> list[tuple[int, int, int]]:
     """(rule, event kind, reading index) of the alerts that default settings raise on one
     pipe channel's series."""
-    s = from_dict({})
-    reg = Registry(s.channels)
-    reg.channel("d", metric, "pipe", "g")
-    det = Detector(s, reg, Counters())
     ts = T0 + np.arange(len(series), dtype=np.int64) * step_ms
-    events = run(det, Batch(np.zeros(len(series), np.int32), ts, series), [])[0]
+    events = _channel_events(from_dict({}), "pipe", metric, ts, series)
     return [(e[1], e[2], int(np.searchsorted(ts, e[3]))) for e in events]
 
 
@@ -413,11 +407,7 @@ def _rule_events(
 ) -> list[tuple[int, int]]:
     """(event kind, reading index) of ``rule``'s alerts on one channel under default settings
     with ``overrides``."""
-    s = from_dict(overrides)
-    reg = Registry(s.channels)
-    reg.channel("d", metric, kind, "g")
-    det = Detector(s, reg, Counters())
-    events = run(det, Batch(np.zeros(len(x), np.int32), ts, x), [])[0]
+    events = _channel_events(from_dict(overrides), kind, metric, ts, x)
     r = RULES.index(rule)
     return [(e[2], int(np.searchsorted(ts, e[3]))) for e in events if e[1] == r]
 

@@ -521,8 +521,8 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                     flat_learnt[c, FL_FLOOR_VALUE] = floor
                 floor += FLAT_FLOOR_RISE * (xv - floor)
             flat_learnt[c, FL_FLOOR] = floor
-            at_floor = xv <= floor + tol and abs(xv - flat_learnt[c, FL_FLOOR_VALUE]) <= tol
-            k = FL_AT_FLOOR if at_floor else FL_OFF_FLOOR
+            # at the floor: at its established value (a reading there is never above the floor)
+            k = FL_AT_FLOOR if abs(xv - flat_learnt[c, FL_FLOOR_VALUE]) <= tol else FL_OFF_FLOOR
             if n > 0 and flat_n[c] < prm[p, P_FL_MIN_N]:  # learn p outside (suspected) runs
                 flat_learnt[c, k] += FLAT_P_ALPHA * ((1.0 if same else 0.0) - flat_learnt[c, k])
             trig = flat_n[c] >= prm[p, P_FL_MIN_N] and t - flat_t0[c] >= prm[p, P_FL_MIN_MS]
