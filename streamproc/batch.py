@@ -40,6 +40,12 @@ class BatchBuilder:
         self.ts.append(ts_ms)
         self.val.append(value)
 
+    def extend(self, idx: np.ndarray, ts_ms: np.ndarray, value: np.ndarray) -> None:
+        """Append readings from contiguous int32, int64 and float64 arrays."""
+        self.idx.frombytes(idx.tobytes())
+        self.ts.frombytes(ts_ms.tobytes())
+        self.val.frombytes(value.tobytes())
+
     def __len__(self) -> int:
         return len(self.idx)
 

@@ -44,6 +44,7 @@ from streamproc.counters import (
     UNKNOWN_DEVICE,
     Counters,
 )
+from streamproc.gateway import MIN_BYTES, GatewayScan
 from streamproc.registry import Registry
 from streamproc.times import number_to_ms, parse_rfc3339_ms
 from streamproc.topics import TopicPattern, valid_id
@@ -90,6 +91,10 @@ class Decoder:
         self.registry = registry
         self.counters = counters
         self.builder = builder
+        self.gateway = GatewayScan(
+            registry, max(self.min_ts_ms, MIN_TS_MS), MAX_TS_MS, self.max_future_ms
+        )
+        self.gateway_min_bytes = MIN_BYTES  # smaller payloads skip the compiled path
         self.internal_errors = 0  # exceptions caught by the last-resort guard (a bug if > 0)
         self._topics: dict[str, TopicFields | str] = {}
 
@@ -135,6 +140,17 @@ class Decoder:
             return UNKNOWN, f"{_short(topic)}: {fields}"
         if not payload:  # e.g. clearing a retained message: not an error
             return _EMPTY
+        if len(payload) >= self.gateway_min_bytes:
+            if self.gateway.scan(payload, fields[2], recv_ms, self.builder):
+                return _OK
+            result = self._decode_json(topic, payload, fields, recv_ms)
+            self.gateway.learn()
+            return result
+        return self._decode_json(topic, payload, fields, recv_ms)
+
+    def _decode_json(
+        self, topic: str, payload: bytes, fields: TopicFields, recv_ms: int
+    ) -> tuple[str, str]:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:

@@ -19,7 +19,7 @@ from streamproc import counters as C
 from streamproc.alerts import Events
 from streamproc.batch import Batch
 from streamproc.config import ChannelSettings, Settings
-from streamproc.kernels import bank
+from streamproc.kernels import bank, gateway
 from streamproc.kernels.bank import NEVER
 from streamproc.kernels.rules import N_RULES, ST_OPEN
 from streamproc.registry import Registry
@@ -519,7 +519,9 @@ def _group_medians(gid: np.ndarray, value: np.ndarray, n_groups: int) -> np.ndar
 
 
 def warm_up(settings: Settings) -> None:
-    """Compile every kernel (or load it from the numba cache) before real traffic."""
+    """Compile every kernel (or load it from the numba cache) before real traffic; the
+    decoder's gateway scan too."""
+    gateway.warm_up()
     registry = Registry(ChannelSettings(kinds=("warm",), max_channels=4))
     counters = C.Counters()
     det = Detector(settings, registry, counters)

@@ -58,9 +58,14 @@ def ch(device: str, metric: str, kind: str = "air", group: str = "north") -> dic
     return {"device": device, "metric": metric, "kind": kind, "group": group}
 
 
-@pytest.fixture
-def rig() -> Rig:
-    return Rig()
+@pytest.fixture(params=["general", "compiled"])
+def rig(request: pytest.FixtureRequest) -> Rig:
+    """Every payload decoded the general way, and again with the compiled gateway scan tried
+    first whatever the payload's size (a gateway message it cannot decide falls back)."""
+    r = Rig()
+    if request.param == "compiled":
+        r.decoder.gateway_min_bytes = 0
+    return r
 
 
 # ---------------------------------------------------------------- form 1: one metric per topic

@@ -1,0 +1,112 @@
+"""The decoder's compiled path for gateway batches: the scan's buffers and its channel table.
+
+``GatewayScan.scan`` hands a payload to ``kernels.gateway.scan``; on OK the readings go to the
+builder in one copy. On MISS or FALLBACK it returns False and the decoder decodes the message
+the general way; after a MISS, ``learn`` adds the pairs the registry now knows, so the next
+message from the same gateway is scanned whole. The table only grows, like the registry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamproc.batch import BatchBuilder
+from streamproc.kernels import gateway as gk
+from streamproc.registry import Registry
+
+MIN_BYTES = 512  # smaller payloads go the general way: the call costs more than it saves
+MAX_MISSES = 4096  # unknown pairs learnt per message; more are learnt from later messages
+
+
+class GatewayScan:
+    def __init__(self, registry: Registry, lo_ms: int, hi_ms: int, future_ms: int):
+        """Event times accepted: from ``lo_ms`` to ``hi_ms`` and to ``future_ms`` after the
+        receive time."""
+        self.registry = registry
+        self.lo_ms = lo_ms
+        self.hi_ms = hi_ms
+        self.future_ms = future_ms
+        self.out_idx = np.empty(0, np.int32)  # grown to the largest payload's needs
+        self.out_ts = np.empty(0, np.int64)
+        self.out_val = np.empty(0, np.float64)
+        self.miss = np.empty((MAX_MISSES, 4), np.int64)
+        self.met = np.empty((gk.MAX_METRICS, 2), np.int64)
+        self.slots = np.full(1024, -1, np.int32)
+        self.ent_hash = np.empty(512, np.uint64)
+        self.ent_ch = np.empty(512, np.int32)
+        self.off = np.zeros(513, np.int64)
+        self.keys = np.empty(8192, np.uint8)
+        self.n = 0  # entries in the table
+        self.decided = 0  # messages the scan decoded
+        self._dev: dict[str | None, np.ndarray] = {}
+        self.missed: tuple[bytes, np.ndarray, int] | None = None  # of the last scan
+
+    def scan(self, payload: bytes, device: str | None, recv_ms: int, out: BatchBuilder) -> bool:
+        """Append the payload's readings to ``out`` and return True, or return False (nothing
+        appended) if the message must be decoded the general way."""
+        dev = self._dev.get(device)
+        if dev is None:
+            if len(self._dev) >= 4096:
+                self._dev.clear()
+            dev = self._dev[device] = np.frombuffer((device or "").encode(), np.uint8)
+        buf = np.frombuffer(payload, np.uint8)
+        if len(buf) // 5 + 1 > len(self.out_idx):  # a reading takes 5 bytes or more: "m":1,
+            cap = len(buf) // 5 + 1
+            self.out_idx, self.out_ts = np.empty(cap, np.int32), np.empty(cap, np.int64)
+            self.out_val = np.empty(cap, np.float64)
+        hi = min(self.hi_ms, recv_ms + self.future_ms)
+        status, n, misses = gk.scan(
+            buf, dev, device is not None, recv_ms, self.lo_ms, hi,
+            self.slots, self.ent_hash, self.ent_ch, self.off, self.keys, self.met,
+            self.out_idx, self.out_ts, self.out_val, self.miss,
+        )  # fmt: skip
+        if status == gk.OK:
+            out.extend(self.out_idx[:n], self.out_ts[:n], self.out_val[:n])
+            self.decided += 1
+            return True
+        self.missed = (payload, dev, misses) if status == gk.MISS else None
+        return False
+
+    def learn(self) -> None:
+        """After a MISS and the general decode of the same message: add to the table the
+        missed pairs that the registry has channels for by now."""
+        if self.missed is None:
+            return
+        payload, dev, misses = self.missed
+        self.missed = None
+        added = set()
+        for ds, de, ms, me in self.miss[:misses].tolist():
+            device = bytes(dev) if ds == gk.TOPIC_DEVICE else payload[ds:de]
+            metric = payload[ms:me]
+            c = self.registry.index.get((device.decode(), metric.decode()))
+            key = device + b"\0" + metric
+            if c is not None and key not in added:
+                added.add(key)
+                self._add(key, c)
+
+    def _add(self, key: bytes, c: int) -> None:
+        k = np.frombuffer(key, np.uint8)
+        e = self.n
+        if e == len(self.ent_ch):
+            self.ent_hash = _grown(self.ent_hash, 2 * e)
+            self.ent_ch = _grown(self.ent_ch, 2 * e)
+            self.off = _grown(self.off, 2 * e + 1)
+        o = self.off[e]
+        if o + len(k) > len(self.keys):
+            self.keys = _grown(self.keys, 2 * (o + len(k)))
+        self.keys[o : o + len(k)] = k
+        self.off[e + 1] = o + len(k)
+        self.ent_hash[e] = gk.key_hash(k)
+        self.ent_ch[e] = c
+        self.n = e + 1
+        if 2 * self.n > len(self.slots):  # keep the table under half full
+            self.slots = np.full(2 * len(self.slots), -1, np.int32)
+            gk.table_insert(self.slots, self.ent_hash, 0, e)
+        else:
+            gk.table_insert(self.slots, self.ent_hash, e, e)
+
+
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    new = np.empty(size, a.dtype)
+    new[: len(a)] = a
+    return new
