@@ -16,6 +16,10 @@ Payload forms (the topic supplies kind, and group / device / metric where its pa
 ends in exactly one ``counters.message`` result; every reading that cannot be used is counted
 once in ``counters.drop`` (checks in order: value, time, ids and channel). ``decode`` never
 raises.
+
+A payload of ``gateway_min_bytes`` or more goes first to the compiled gateway scan
+(``streamproc.gateway``), which appends the readings of a plain gateway batch itself and
+leaves any message it cannot decide exactly to the code here.
 """
 
 from __future__ import annotations
