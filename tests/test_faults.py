@@ -359,6 +359,7 @@ def test_daemon_sigkill_mid_stream_loses_nothing_acknowledged(
         d.wait_until("the last message", lambda: d.value("streamproc_watermark_seconds") >= wm)
         again = d.value("streamproc_messages_total") - replayed
         duplicates = d.value("streamproc_mqtt_duplicates_total")
+        reconnects = d.value("streamproc_mqtt_reconnects_total")
         assert d.value("streamproc_dropped_total") == 0
         assert d.stop() == 0
     finally:
@@ -367,13 +368,14 @@ def test_daemon_sigkill_mid_stream_loses_nothing_acknowledged(
     lines = (out / "alerts.jsonl").read_text().splitlines()
     print(f"\njournal segments at the kill: {segments}; after the restart {replayed:.0f} "
           f"messages replayed from the journal, {again:.0f} from the broker, of which "
-          f"{duplicates:.0f} duplicates; alerts.jsonl {len(lines)} lines "
-          f"(replay: {len(feed.alert_lines)})")  # fmt: skip
+          f"{duplicates:.0f} duplicates ({reconnects:.0f} reconnects); alerts.jsonl "
+          f"{len(lines)} lines (replay: {len(feed.alert_lines)})")  # fmt: skip
     assert replayed > 0
     assert got == want
     assert lines == feed.alert_lines
-    # the broker sends again only what was in flight, unacknowledged: mosquitto's window is 20
-    assert duplicates <= 20
+    # the broker sends again only what was in flight, unacknowledged: mosquitto's window is 20,
+    # on each connection (a reconnect under load sends the new connection's window again)
+    assert duplicates <= 20 * (1 + reconnects)
     # each message once: in the checkpoint (the first part), the journal, or from the broker
     # (a redelivery recognised as a duplicate is not handed on, so it is not in ``again``)
     assert first + replayed + again == len(feed.messages)
