@@ -38,6 +38,7 @@ METRICS = (
     ("streamproc_readings_total", "counter", "Readings that reached the detectors"),
     ("streamproc_messages_total", "counter", "MQTT messages by result"),
     ("streamproc_dropped_total", "counter", "Decoded readings dropped, by reason"),
+    ("streamproc_gateway_scanned_total", "counter", "Gateway messages the compiled scan decoded"),
     ("streamproc_alerts_total", "counter", "Alerts opened, by sensor kind, rule and severity"),
     ("streamproc_alerts_open", "gauge", "Alerts open now"),
     ("streamproc_channels", "gauge", "Channels by sensor kind and state (active, stale)"),
@@ -100,6 +101,7 @@ class Metrics:
         yield _counter("streamproc_readings_total", c.readings)
         yield _counter("streamproc_messages_total", c.messages, ["result"])
         yield _counter("streamproc_dropped_total", c.dropped, ["reason"])
+        yield _counter("streamproc_gateway_scanned_total", p.decoder.gateway.decided)
         yield _counter("streamproc_alerts_total", self.alerts_opened, ["kind", "rule", "severity"])
         yield _gauge("streamproc_alerts_open", len(p.book.open))
         yield self._channels()

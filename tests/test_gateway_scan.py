@@ -8,6 +8,7 @@ import json
 import math
 import struct
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamproc.config import ChannelSettings, Settings
+from streamproc.config import ChannelSettings, Settings, load
 from streamproc.gateway import MAX_MISSES
 from streamproc.kernels import gateway as gk
+from streamproc.metrics import Metrics
+from streamproc.pipeline import Pipeline
 from tests.fuzzing import (
     DOCUMENTS,
     PAYLOADS,
@@ -286,3 +289,13 @@ def test_the_warm_up_compiles_the_scan_the_decoder_calls() -> None:
     assert pair.scanned == 1
     assert len(gk.scan.signatures) == 1
     assert len(gk.table_insert.signatures) == len(gk.key_hash.signatures) == 1
+
+
+def test_messages_the_scan_decided_are_a_metric(tmp_path: Path) -> None:
+    p = Pipeline(load(None), tmp_path)
+    text = json.dumps([{"device": f"st{i}", "pm25": 1.5, "ts": T0} for i in range(40)]).encode()
+    for _ in range(3):
+        p.message(GW, text, RECV)
+    assert "streamproc_gateway_scanned_total 2.0" in Metrics(p).render().decode()
+    assert p.counters.messages["ok"] == 3
+    p.close()
