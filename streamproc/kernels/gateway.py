@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamproc.kernels import kernel
+from streamproc.times import MS_CUTOFF
 
 OK = 0
 FALLBACK = 1
@@ -36,7 +37,6 @@ _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
 _POW10 = np.array([10.0**k for k in range(23)])
 _MAX_EXACT = 2**53
-_MS_CUTOFF = 100_000_000_000  # streamproc.times.MS_CUTOFF: smaller times are seconds
 
 # key codes
 _METRIC, _TS, _DEVICE, _KIND, _GROUP, _READINGS, _OTHER = 0, 1, 2, 3, 4, 5, 6
@@ -177,7 +177,7 @@ def _ts_ms(buf: np.ndarray, i: int, lo: int, hi: int) -> tuple[int, int]:
     end, integer, x, _ = _number(buf, i)
     if end < 0 or not integer:
         return -1, 0
-    ms = x if abs(x) >= _MS_CUTOFF else x * 1000
+    ms = x if abs(x) >= MS_CUTOFF else x * 1000  # as times.number_to_ms
     if ms < lo or ms > hi:
         return -1, 0
     return end, ms
