@@ -184,6 +184,15 @@ def _ts_ms(buf: np.ndarray, i: int, lo: int, hi: int) -> tuple[int, int]:
 
 
 @kernel
+def _field(buf: np.ndarray, i: int, code: int, lo: int, hi: int) -> tuple[int, int]:
+    """The value of ``ts`` (an integer time) or of a name (a string) at ``buf[i]``: (its end
+    or -1, the time in ms for ``ts``)."""
+    if code == _TS:
+        return _ts_ms(buf, i, lo, hi)
+    return _string_end(buf, i), 0
+
+
+@kernel
 def key_hash(key: np.ndarray) -> np.uint64:
     """FNV-1a of a table key (``device + b"\\0" + metric``)."""
     h = _FNV_OFFSET
@@ -308,14 +317,13 @@ def scan(
             i = _ws(buf, i + 1)
             if code == _READINGS:
                 break
-            if code == _TS:
-                e, ts0 = _ts_ms(buf, i, lo_ms, hi_ms)
-            else:
-                e = _string_end(buf, i)
-                if code == _DEVICE:
-                    ds0, de0 = i + 1, e - 1
+            e, t = _field(buf, i, code, lo_ms, hi_ms)
             if e < 0:
                 return FALLBACK, 0, 0
+            if code == _TS:
+                ts0 = t
+            elif code == _DEVICE:
+                ds0, de0 = i + 1, e - 1
             i = _ws(buf, e)
             if i >= n or buf[i] != 44:
                 return FALLBACK, 0, 0
@@ -365,14 +373,13 @@ def scan(
                     if seen & (1 << code):
                         return FALLBACK, 0, 0
                     seen |= 1 << code
-                    if code == _TS:
-                        end, ts = _ts_ms(buf, i, lo_ms, hi_ms)
-                    else:
-                        end = _string_end(buf, i)
-                        if code == _DEVICE:
-                            ds, de = i + 1, end - 1
+                    end, t = _field(buf, i, code, lo_ms, hi_ms)
                     if end < 0:
                         return FALLBACK, 0, 0
+                    if code == _TS:
+                        ts = t
+                    elif code == _DEVICE:
+                        ds, de = i + 1, end - 1
                 i = _ws(buf, end)
                 if i < n and buf[i] == 44:
                     i = _ws(buf, i + 1)
