@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -63,10 +64,7 @@ def main() -> None:
         rows = [(topic, payload) for _, topic, payload in sim.iter_messages(pq.read_table(feed))]
     rows = gateway_batches(rows, args.batch)
     settings = Settings()
-    settings = settings.__class__(
-        **{**settings.__dict__, "input": settings.input.__class__(
-            **{**settings.input.__dict__, "max_payload_bytes": 1 << 24})}
-    )  # fmt: skip
+    settings = replace(settings, input=replace(settings.input, max_payload_bytes=1 << 24))
     decoders = {"scan": decoder(settings, True), "general": decoder(settings, False)}
     readings = {}
     for name, d in decoders.items():

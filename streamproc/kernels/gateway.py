@@ -67,6 +67,18 @@ def _ws(buf: np.ndarray, i: int) -> int:
 
 
 @kernel
+def _after_value(buf: np.ndarray, i: int, close: int) -> tuple[int, bool]:
+    """After a value in an object or array closed by the byte ``close``: (the next item's
+    index, False) after a comma, (the index after ``close``, True) at the end, or (-1, True)."""
+    i = _ws(buf, i)
+    if i < len(buf) and buf[i] == 44:
+        return _ws(buf, i + 1), False
+    if i < len(buf) and buf[i] == close:
+        return i + 1, True
+    return -1, True
+
+
+@kernel
 def _string_end(buf: np.ndarray, i: int) -> int:
     """``buf[i]`` should open a string: the index after its closing quote, or -1 (not a
     string, or one with escapes, control or non-ASCII bytes)."""
@@ -184,12 +196,19 @@ def _ts_ms(buf: np.ndarray, i: int, lo: int, hi: int) -> tuple[int, int]:
 
 
 @kernel
-def _field(buf: np.ndarray, i: int, code: int, lo: int, hi: int) -> tuple[int, int]:
-    """The value of ``ts`` (an integer time) or of a name (a string) at ``buf[i]``: (its end
-    or -1, the time in ms for ``ts``)."""
+def _field(
+    buf: np.ndarray, i: int, code: int, lo: int, hi: int, ts: int, ds: int, de: int
+) -> tuple[int, int, int, int]:
+    """The value of a reserved key at ``buf[i]``: ``ts`` (an integer time) or a name (a
+    string). Returns (its end or -1, the time, the device span): ``ts``, ``ds`` and ``de`` as
+    given unless this key sets them."""
     if code == _TS:
-        return _ts_ms(buf, i, lo, hi)
-    return _string_end(buf, i), 0
+        end, ts = _ts_ms(buf, i, lo, hi)
+        return end, ts, ds, de
+    end = _string_end(buf, i)
+    if code == _DEVICE:
+        return end, ts, i + 1, end - 1
+    return end, ts, ds, de
 
 
 @kernel
@@ -317,13 +336,9 @@ def scan(
             i = _ws(buf, i + 1)
             if code == _READINGS:
                 break
-            e, t = _field(buf, i, code, lo_ms, hi_ms)
+            e, ts0, ds0, de0 = _field(buf, i, code, lo_ms, hi_ms, ts0, ds0, de0)
             if e < 0:
                 return FALLBACK, 0, 0
-            if code == _TS:
-                ts0 = t
-            elif code == _DEVICE:
-                ds0, de0 = i + 1, e - 1
             i = _ws(buf, e)
             if i >= n or buf[i] != 44:
                 return FALLBACK, 0, 0
@@ -373,21 +388,14 @@ def scan(
                     if seen & (1 << code):
                         return FALLBACK, 0, 0
                     seen |= 1 << code
-                    end, t = _field(buf, i, code, lo_ms, hi_ms)
+                    end, ts, ds, de = _field(buf, i, code, lo_ms, hi_ms, ts, ds, de)
                     if end < 0:
                         return FALLBACK, 0, 0
-                    if code == _TS:
-                        ts = t
-                    elif code == _DEVICE:
-                        ds, de = i + 1, end - 1
-                i = _ws(buf, end)
-                if i < n and buf[i] == 44:
-                    i = _ws(buf, i + 1)
-                elif i < n and buf[i] == 125:
-                    i += 1
-                    break
-                else:
+                i, closed = _after_value(buf, end, 125)
+                if i < 0:
                     return FALLBACK, 0, 0
+                if closed:
+                    break
         if k > 0 and ds == NO_DEVICE:
             return FALLBACK, 0, 0
         for j in range(k):
@@ -402,14 +410,11 @@ def scan(
                 out_idx[count + j] = c
                 out_ts[count + j] = ts
         count += k
-        i = _ws(buf, i)
-        if i < n and buf[i] == 44:
-            i = _ws(buf, i + 1)
-        elif i < n and buf[i] == 93:
-            i += 1
-            break
-        else:
+        i, closed = _after_value(buf, i, 93)
+        if i < 0:
             return FALLBACK, 0, 0
+        if closed:
+            break
     if in_object:
         i = _ws(buf, i)
         if i >= n or buf[i] != 125:  # "readings" must be the object's last key
