@@ -149,26 +149,32 @@ class DropoutParams:
 
 @dataclass(frozen=True)
 class NeighbourParams:
-    """A channel against its group (same group, kind and metric) per snapshot interval: its
-    offset from the group's common level (the median of the members' offset-corrected means)
-    is learnt (EWMA), and a two-sided CUSUM of the deviation from that offset, in learnt
-    standard deviations, finds drift; one large deviation (z_open) finds a broken reading.
-    What the whole group does moves the common level, so a city-wide episode is not a
-    disagreement. Off by default: with these settings it
-    raises far too many false alerts on real data (6.4 per station-week on Beijing) because
-    a station's deviation from its neighbours persists for hours; see benchmarks/RESULTS.md."""
+    """A channel against its group (same group, kind and metric) per snapshot interval, for
+    drift: the interval's mean, on a log scale (``log``), less the group's common level (the
+    median of the members' offset-corrected values) and less the channel's learnt offset is
+    its deviation. On a device with three or more channels in the rule, the median deviation
+    of the device's channels is taken off too, so weather at one station that moves all its
+    pollutants is not a fault of one of them. The deviation, clipped to ``clip`` times its
+    learnt spread, is smoothed (EWMA), and the smoothed deviation in units of its own learnt
+    spread is the z-score: it must stay beyond ``z_open`` for ``min_duration_s``. What the
+    whole group does moves the common level, so a city-wide episode is not a disagreement.
+    Off by default: its time constants are counted in intervals with readings and suit hourly
+    stations (configs/air-hourly.toml); see benchmarks/RESULTS.md (Beijing)."""
 
     enabled: bool = False
     min_neighbours: int = 5  # channels of the group reporting in the interval, itself included
-    alpha: float = 0.02  # EWMA weight of one interval in the learnt offset and its spread
-    k: float = 0.5  # CUSUM allowance, in standard deviations
-    h: float = 12.0  # opens when a side's sum reaches h ...
-    h_close: float = 4.0  # ... and stays open while it is >= h_close
-    h_critical: float = 36.0
-    z_open: float = 10.0  # or when one interval deviates by this many standard deviations
-    clip: float = 4.0  # deviations are clipped to +-clip std in the sums and the baseline
-    min_intervals: int = 48  # intervals with neighbours before the rule can fire
-    min_std: float = 0.0  # floor under the learnt standard deviation, in the metric's unit
+    log: bool = True  # compare log(mean + the channel's learnt level): for values >= 0 whose
+    # spread grows with their level (concentrations, flows); false: the means themselves
+    min_level: float = 1.0  # floor under the learnt level in log(mean + level), metric's unit
+    alpha: float = 0.005  # EWMA weight of one interval in the learnt offset
+    smooth: float = 0.03  # EWMA weight of one interval in the smoothed deviation
+    slow_alpha: float = 0.0015  # EWMA weight of one interval in the level and the spreads
+    clip: float = 2.0  # an interval's deviation is clipped to +-clip x its learnt spread
+    z_open: float = 3.0  # the smoothed deviation in its own spreads
+    z_close: float = 1.5
+    z_critical: float = 6.0
+    min_duration_s: float = 43_200.0  # beyond z_open this long before an alert opens
+    min_intervals: int = 336  # intervals with neighbours before the rule can fire
 
 
 @dataclass(frozen=True)
@@ -383,7 +389,7 @@ def _build(cls: type, table: Any, prefix: str, base: Any = None) -> Any:
     return dataclasses.replace(base if base is not None else cls(), **values)
 
 
-def _check_cusum(key: str, p: CusumParams | NeighbourParams) -> None:
+def _check_cusum(key: str, p: CusumParams) -> None:
     """The settings a CUSUM rule shares: alpha, k, h, h_close, h_critical, clip, min_std."""
     if not 0 < p.alpha <= 1:
         raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
@@ -460,8 +466,15 @@ def _validate(s: Settings) -> None:
             elif isinstance(p, NeighbourParams):
                 if p.min_neighbours < 3:
                     raise ConfigError(f"{key}.min_neighbours", "must be >= 3")
-                _check_cusum(key, p)
+                for name in ("alpha", "smooth", "slow_alpha"):
+                    if not 0 < getattr(p, name) <= 1:
+                        raise ConfigError(f"{key}.{name}", "must be > 0 and <= 1")
+                _check_positive(f"{key}.min_level", p.min_level)
+                _check_positive(f"{key}.clip", p.clip)
                 _check_positive(f"{key}.z_open", p.z_open)
+                if not 0 <= p.z_close <= p.z_open <= p.z_critical:
+                    raise ConfigError(key, "needs 0 <= z_close <= z_open <= z_critical")
+                _check_positive(f"{key}.min_duration_s", p.min_duration_s, strict=False)
                 _check_positive(f"{key}.min_intervals", p.min_intervals)
             elif isinstance(p, HampelParams):
                 _check_positive(f"{key}.z_open", p.z_open)

@@ -21,7 +21,7 @@ from streamproc.batch import Batch
 from streamproc.config import ChannelSettings, Settings
 from streamproc.kernels import bank, gateway
 from streamproc.kernels.bank import NEVER
-from streamproc.kernels.rules import N_RULES, ST_OPEN
+from streamproc.kernels.rules import N_RULES, R_NEIGHBOUR, ST_IDLE, ST_OPEN
 from streamproc.registry import Registry
 
 EVENT_CAPACITY = 65_536
@@ -71,10 +71,11 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "flat_t0": (np.int64, (), NEVER),
         "flat_learnt": (np.float64, (4,), (0.0, 0.0, np.nan, np.nan)),  # bank.FL_* slots
         "nb_n": (np.int32, (), 0),
+        "nb_level": (np.float64, (), np.nan),
         "nb_base": (np.float64, (), 0.0),
         "nb_dev": (np.float64, (), 0.0),
-        "nb_pos": (np.float64, (), 0.0),
-        "nb_neg": (np.float64, (), 0.0),
+        "nb_sm": (np.float64, (), 0.0),
+        "nb_spread": (np.float64, (), 0.0),
         "cu_n": (np.int32, (), 0),
         "cu_base": (np.float64, (), 0.0),
         "cu_dev": (np.float64, (), 0.0),
@@ -163,9 +164,17 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_RT_MIN_DT_MS] = rt.min_dt_s * 1000
         row[bank.P_NB_ON] = nb.enabled
         row[bank.P_NB_MIN_NB] = nb.min_neighbours
+        row[bank.P_NB_LOG] = nb.log
+        row[bank.P_NB_MIN_LEVEL] = nb.min_level
+        row[bank.P_NB_ALPHA] = nb.alpha
+        row[bank.P_NB_SMOOTH] = nb.smooth
+        row[bank.P_NB_SLOW] = nb.slow_alpha
+        row[bank.P_NB_CLIP] = nb.clip
         row[bank.P_NB_Z_OPEN] = nb.z_open
-        _cusum_block(row, bank.P_NB, nb.alpha, nb.k, nb.h, nb.h_close, nb.h_critical, nb.clip,
-                     nb.min_intervals, nb.min_std)  # fmt: skip
+        row[bank.P_NB_Z_CLOSE] = nb.z_close
+        row[bank.P_NB_Z_CRIT] = nb.z_critical
+        row[bank.P_NB_MIN_MS] = nb.min_duration_s * 1000
+        row[bank.P_NB_MIN_N] = nb.min_intervals
         row[bank.P_CU_ON] = cu.enabled
         _cusum_block(row, bank.P_CU, cu.alpha, cu.k, cu.h, cu.h_close, cu.h_critical, cu.clip,
                      cu.min_readings, cu.min_std)  # fmt: skip
@@ -407,10 +416,14 @@ class Detector:
 
     def _neighbours(self, k: int, outputs: list[Output]) -> None:
         """The neighbour rule over the channels that reported in interval k. A group is the
-        channels of one group, kind and metric; its common level is the median of its known
-        channels' means less their learnt offsets (so that a station that always reads higher
-        does not move it when another one drifts past it), or of the plain means while no
-        channel of the group is known yet."""
+        channels of one group, kind and metric. Its common level is the median of its members'
+        values less their learnt offsets (so that a station that always reads higher does not
+        move it); the members are its known channels whose neighbour alert is idle (a channel
+        drifting away would bias the median against the others), else all known ones, else
+        the plain values of all. A channel's deviation is its value less its offset and the
+        common level. On a device with three or more channels in the rule, two or more of them
+        idle, the residual is the deviation less the median deviation of the idle ones (what
+        moves a whole station); else the residual is the deviation."""
         if not (self.prm[:, bank.P_NB_ON] > 0).any():
             return
         s, reg = self.state, self.registry
@@ -418,23 +431,39 @@ class Detector:
         rows = np.flatnonzero(s["agg_n"][: reg.n, sl] > 0).astype(np.int32)
         if len(rows) == 0:
             return
-        value = s["agg_sum"][rows, sl] / s["agg_n"][rows, sl]
+        mean = s["agg_sum"][rows, sl] / s["agg_n"][rows, sl]
+        prm = self.prm[reg.ch_profile[rows]]
+        level = s["nb_level"][rows]
+        level = np.maximum(np.where(np.isnan(level), mean, level), prm[:, bank.P_NB_MIN_LEVEL])
+        with np.errstate(invalid="ignore", divide="ignore"):  # rows without the log scale
+            logged = np.log(np.maximum(mean, 0.0) + level)
+        value = np.where(prm[:, bank.P_NB_LOG] > 0, logged, mean)
         key = reg.ch_group[rows].astype(np.int64) * len(reg.profiles) + reg.ch_profile[rows]
         _, gid, n_per_group = np.unique(key, return_inverse=True, return_counts=True)
         known = s["nb_n"][rows] > 0
-        common = _group_medians(gid[~known], value[~known], len(n_per_group))
-        has_known = np.bincount(gid[known], minlength=len(n_per_group)) > 0
-        corrected = value[known] - s["nb_base"][rows[known]]
-        common[has_known] = _group_medians(gid[known], corrected, len(n_per_group))[has_known]
+        idle = s["st"][rows, R_NEIGHBOUR] == ST_IDLE
+        corrected = value - s["nb_base"][rows]
+        common = _group_medians(gid, value, len(n_per_group))
+        for members in (known, known & idle):  # the last one a group has wins
+            has = np.bincount(gid[members], minlength=len(n_per_group)) > 0
+            common[has] = _group_medians(gid[members], corrected[members], len(has))[has]
+        dev = corrected - common[gid]
+        on = prm[:, bank.P_NB_ON] > 0
+        _, did, n_per_device = np.unique(reg.ch_device[rows[on]], return_inverse=True,
+                                         return_counts=True)  # fmt: skip
+        idle_on = idle[on]
+        centre = _group_medians(did[idle_on], dev[on][idle_on], len(n_per_device))[did]
+        n_idle = np.bincount(did[idle_on], minlength=len(n_per_device))[did]
+        resid = dev.copy()
+        resid[on] -= np.where((n_per_device[did] >= 3) & (n_idle >= 2), centre, 0.0)
         t = (k + 1) * self.interval_ms
         n_group = n_per_group[gid]
-        common = common[gid]
         ev = self.ev
         i = 0
         while i < len(rows):
             i, ne = bank.neighbour_step(
-                rows, value, common, n_group, t, reg.ch_profile, self.prm, self.g,
-                s["nb_n"], s["nb_base"], s["nb_dev"], s["nb_pos"], s["nb_neg"],
+                rows, mean, dev, resid, n_group, t, reg.ch_profile, self.prm, self.g,
+                s["nb_n"], s["nb_level"], s["nb_base"], s["nb_dev"], s["nb_sm"], s["nb_spread"],
                 *self._alert_tables(),
                 ev["ch"], ev["rule"], ev["kind"], ev["ts"], ev["opened"], ev["peak"],
                 ev["score"], ev["sev"], i,

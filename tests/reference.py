@@ -76,10 +76,11 @@ class Chan:
         default_factory=lambda: {r: Alert() for r in range(len(RULES))}
     )
     nb_n: int = 0
+    nb_level: float = math.nan
     nb_base: float = 0.0
     nb_dev: float = 0.0
-    nb_pos: float = 0.0
-    nb_neg: float = 0.0
+    nb_sm: float = 0.0
+    nb_spread: float = 0.0
     cu_n: int = 0
     cu_base: float = 0.0
     cu_dev: float = 0.0
@@ -96,9 +97,15 @@ class Chan:
 class Reference:
     """Same contract as detect.Detector, on lists: ``run(readings)`` with (channel, ts, value)."""
 
-    def __init__(self, settings: Settings, kind_metric: dict[int, tuple[str, str]]):
+    def __init__(
+        self,
+        settings: Settings,
+        kind_metric: dict[int, tuple[str, str]],
+        device: dict[int, str] | None = None,
+    ):
         self.s = settings
         self.km = kind_metric
+        self.device = device or {}  # channel -> device id; by default one device per channel
         self.W = settings.detect.window
         self.ch: dict[int, Chan] = {}
         self.wm: int | None = None
@@ -192,46 +199,72 @@ class Reference:
 
     def neighbours(self, k: int) -> None:
         """Each channel's mean in interval k against its group's median (all channels are in
-        one group here, so a group is a (kind, metric))."""
+        one group here, so a group is a (kind, metric); the median of the known channels with
+        an idle neighbour alert, else of the known ones), less the median deviation of its
+        device's channels whose neighbour alert is idle, when the device has three or more
+        channels in the rule and two or more of them are idle."""
 
         def median(xs: list[float]) -> float:
             xs = sorted(xs)
             return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
 
         means = {c: sum(ch.agg[k]) / len(ch.agg[k]) for c, ch in self.ch.items() if ch.agg.get(k)}
+        params = {c: self.s.rules["neighbour"].for_channel(*self.km[c]) for c in means}
+        value = {}
+        for c, mean in means.items():
+            p, ch = params[c], self.ch[c]
+            level = max(mean if math.isnan(ch.nb_level) else ch.nb_level, p.min_level)
+            value[c] = math.log(max(mean, 0.0) + level) if p.log else mean
         members: dict[tuple[str, str], list[int]] = {}
         for c in means:
             members.setdefault(self.km[c], []).append(c)
         common = {}
         for g, cs in members.items():
             known = [c for c in cs if self.ch[c].nb_n > 0]
+            idle = [c for c in known if self.ch[c].alerts[R_NEIGHBOUR].state == "idle"]
             if known:
-                common[g] = median([means[c] - self.ch[c].nb_base for c in known])
+                common[g] = median([value[c] - self.ch[c].nb_base for c in idle or known])
             else:
-                common[g] = median([means[c] for c in cs])
+                common[g] = median([value[c] for c in cs])
+        dev = {c: value[c] - self.ch[c].nb_base - common[self.km[c]] for c in means}
+        by_device: dict[str, list[int]] = {}
+        for c in means:
+            if params[c].enabled:
+                by_device.setdefault(self.device.get(c, str(c)), []).append(c)
+        resid = dict(dev)
+        for cs in by_device.values():
+            idle = [c for c in cs if self.ch[c].alerts[R_NEIGHBOUR].state == "idle"]
+            if len(cs) >= 3 and len(idle) >= 2:
+                centre = median([dev[c] for c in idle])
+                for c in cs:
+                    resid[c] = dev[c] - centre
         t = (k + 1) * self.interval
         for c in sorted(means):
-            p = self.s.rules["neighbour"].for_channel(*self.km[c])
+            p = params[c]
             if not p.enabled or len(members[self.km[c]]) < p.min_neighbours:
                 continue
             ch = self.ch[c]
-            if ch.nb_n == 0:
-                ch.nb_base, ch.nb_dev = means[c] - common[self.km[c]], 0.0
+            e = resid[c]
+            lim = p.clip * 1.2533 * ch.nb_dev
+            if lim > 0:
+                e = min(max(e, -lim), lim)
+            ch.nb_sm += p.smooth * (e - ch.nb_sm)
+            sd = 1.2533 * ch.nb_spread
+            if ch.nb_n >= p.min_intervals and sd > 0:
+                z = abs(ch.nb_sm) / sd
+                sev = SEV_CRITICAL if z >= p.z_critical else SEV_WARNING
+                score = ratio_score(z / p.z_open)
+                self.step(c, R_NEIGHBOUR, t, z >= p.z_open, z >= p.z_close, sev, score, means[c],
+                          p.min_duration_s * 1000)  # fmt: skip
+            first = 1.0 / (ch.nb_n + 1)
+            slow = max(p.slow_alpha, first)
+            ch.nb_base += max(p.alpha, first) * dev[c]
+            ch.nb_dev += slow * (abs(resid[c]) - ch.nb_dev)
+            ch.nb_spread += slow * (abs(ch.nb_sm) - ch.nb_spread)
+            if math.isnan(ch.nb_level):
+                ch.nb_level = means[c]
             else:
-                e = means[c] - ch.nb_base - common[self.km[c]]
-                sd = max(1.2533 * ch.nb_dev, p.min_std)
-                if ch.nb_n >= p.min_intervals and sd > 0:
-                    z = e / sd
-                    u = min(max(z, -p.clip), p.clip)
-                    ch.nb_pos = max(0.0, ch.nb_pos + u - p.k)
-                    ch.nb_neg = max(0.0, ch.nb_neg - u - p.k)
-                    stat = max(ch.nb_pos, ch.nb_neg)
-                    big = abs(z) >= p.z_open
-                    sc = max(ratio_score(stat / p.h), ratio_score(abs(z) / p.z_open))
-                    sev = SEV_CRITICAL if stat >= p.h_critical else SEV_WARNING
-                    hold = big or stat >= p.h_close
-                    self.step(c, R_NEIGHBOUR, t, big or stat >= p.h, hold, sev, sc, means[c], 0)
-                ch.nb_base, ch.nb_dev = level_step(ch.nb_base, ch.nb_dev, ch.nb_n, e, sd, p)
+                ch.nb_level += slow * (means[c] - ch.nb_level)
             ch.nb_n += 1
 
     def close(self, k: int) -> None:

@@ -29,7 +29,13 @@ EVERY_RULE = from_dict(
                 "z_critical": 4,
             },
             "hampel": {"enabled": True},
-            "neighbour": {"enabled": True, "min_intervals": 4},
+            "neighbour": {
+                "enabled": True,
+                "min_intervals": 12,
+                "smooth": 0.3,
+                "slow_alpha": 0.05,
+                "min_duration_s": 0,
+            },
         }
     }
 )

@@ -16,7 +16,7 @@ from streamproc.batch import Batch
 from streamproc.config import Settings, from_dict, load
 from streamproc.counters import Counters
 from streamproc.detect import Detector, IntervalClosed
-from streamproc.kernels.rules import EV_OPEN, RULES
+from streamproc.kernels.rules import EV_OPEN, R_NEIGHBOUR, RULES
 from streamproc.registry import Registry
 from tests.reference import Reference
 
@@ -67,13 +67,14 @@ SETTINGS_DICT = {
             "min_neighbours": 3,
             "min_intervals": 2,
             "alpha": 0.3,
-            "k": 0.25,
-            "h": 2,
-            "h_close": 0.5,
-            "h_critical": 4,
-            "z_open": 3,
+            "smooth": 0.5,
+            "slow_alpha": 0.2,
             "clip": 3,
-            "overrides": {"traffic.flow": {"min_std": 1.0}},
+            "z_open": 1.5,
+            "z_close": 0.75,
+            "z_critical": 3,
+            "min_duration_s": 90,
+            "overrides": {"air.no2": {"log": False}, "air.o3": {"min_level": 20.0}},
         },
     },
     "thresholds": {
@@ -249,20 +250,32 @@ def test_threshold_hysteresis_and_minimum_duration():
     assert th == [(1, ts[5])]
 
 
-def _group_feed(offsets: list[int], noise: list[list[int]], drift: int) -> tuple[Batch, dict]:
-    """Channels of one group and profile reporting every 10 s: a shared signal, an offset per
-    channel, noise, and channel 0 drifting by ``drift``/8 per reading (values in 1/8 steps)."""
+METRICS = ("pm25", "no2", "o3")
+
+
+def _group_feed(
+    offsets: list[int], noise: list[list[int]], drift: int, metrics: int = 1
+) -> tuple[Batch, Registry, dict, dict]:
+    """Stations reporting ``metrics`` metrics (one group and profile per metric) every 10 s:
+    a shared signal, an offset per station, noise, and the first channel (station 0's pm25)
+    drifting by ``drift``/8 per reading (values in 1/8 steps). Returns the batch, the
+    registry, and each channel's (kind, metric) and device."""
     reg = Registry(SETTINGS.channels)
-    km = {reg.channel(f"st{i}", "pm25", "air", "g"): ("air", "pm25") for i in range(len(offsets))}
+    km, device = {}, {}
+    for i in range(len(offsets)):
+        for m in METRICS[:metrics]:
+            c = reg.channel(f"st{i}", m, "air", "g")
+            km[c], device[c] = ("air", m), f"st{i}"
     idx, ts, val = [], [], []
     for j, row in enumerate(noise):
         shared = 8 * (j % 17)
-        for c, off in enumerate(offsets):
+        for c in range(reg.n):
             idx.append(c)
             ts.append(T0 + j * 10_000 + c)
+            off = offsets[c // metrics]
             val.append((shared + off + row[c % len(row)] + (drift * j if c == 0 else 0)) / 8)
     b = Batch(np.array(idx, np.int32), np.array(ts, np.int64), np.array(val, np.float64))
-    return b, km
+    return b, reg, km, device
 
 
 @settings(max_examples=150, deadline=None)
@@ -270,41 +283,66 @@ def _group_feed(offsets: list[int], noise: list[list[int]], drift: int) -> tuple
     st.lists(st.integers(-40, 40), min_size=3, max_size=7),
     st.lists(st.lists(st.integers(-4, 4), min_size=7, max_size=7), min_size=30, max_size=150),
     st.integers(0, 3),
+    st.sampled_from([1, 3]),
     st.lists(st.integers(0, 600), max_size=8),
 )
-def test_neighbour_rule_matches_reference(offsets, noise, drift, cuts):
-    batch, km = _group_feed(offsets, noise, drift)
-    reg = Registry(SETTINGS.channels)
-    for i in range(len(offsets)):
-        reg.channel(f"st{i}", "pm25", "air", "g")
+def test_neighbour_rule_matches_reference(offsets, noise, drift, metrics, cuts):
+    """Log and plain scales, a level floor, and stations of one or three metrics (three:
+    the device's median deviation is taken off)."""
+    batch, reg, km, device = _group_feed(offsets, noise, drift, metrics)
     events, _, _ = run(
         Detector(SETTINGS, reg, Counters()), batch, [c for c in cuts if c < len(batch)]
     )
-    ref = Reference(SETTINGS, km)
+    ref = Reference(SETTINGS, km, device)
     ref.run(list(zip(batch.idx.tolist(), batch.ts_ms.tolist(), batch.value.tolist(), strict=True)))
     ref.finish()
     assert_events_equal(events, ref.events)
 
 
-def test_neighbour_rule_fires_on_the_drifting_channel_only():
-    """Default neighbour settings, one-minute intervals: five stations share a signal; from
-    the 100th minute one drifts away by 1/80 of a unit per reading, 40x slower than the noise."""
-    s = from_dict(
-        {"snapshots": {"interval_s": 60, "grace_s": 10}, "rules": {"neighbour": {"enabled": True}}}
-    )
+def _neighbour_opens(metrics: int, drifting: bool, weather: bool) -> list[tuple[int, int]]:
+    """(channel, time) of the neighbour alerts opened under the default neighbour settings
+    with hourly intervals: nine stations of ``metrics`` metrics share a signal over 60 days
+    of hourly readings; ``drifting``: station 0's pm25 drifts up over the last 7 days by
+    its typical level; ``weather``: station 0's metrics all read 1.8 times higher over the
+    last 5 days (a local source that moves every pollutant of one station)."""
+    hourly = {"interval_s": 3600, "grace_s": 10}
+    s = from_dict({"snapshots": hourly, "rules": {"neighbour": {"enabled": True}}})
     rng = np.random.default_rng(5)
-    noise = rng.integers(-4, 5, (1200, 7)).tolist()
-    batch, _ = _group_feed([0, 10, -10, 20, -20], noise, 0)
-    ramp = np.maximum(np.arange(len(batch)) // 5 - 600, 0) / 80
-    value = batch.value + np.where(batch.idx == 0, ramp, 0.0)
+    hours = 60 * 24
+    shared = 40 + 30 * np.sin(np.arange(hours) * 2 * np.pi / 24) + rng.gamma(2, 10, hours)
     reg = Registry(s.channels)
-    for i in range(5):
-        reg.channel(f"st{i}", "pm25", "air", "g")
-    det = Detector(s, reg, Counters())
-    events, _, _ = run(det, Batch(batch.idx, batch.ts_ms, value), [])
-    opened = [(e[0], e[3]) for e in events if e[1] == 4 and e[2] == 1]
+    idx, ts, val = [], [], []
+    for i in range(9):
+        for m in METRICS[:metrics]:
+            c = reg.channel(f"st{i}", m, "air", "g")
+            x = shared * (1 + 0.1 * i) * rng.lognormal(0, 0.1, hours)
+            if weather and i == 0:
+                x = x * np.where(np.arange(hours) >= hours - 5 * 24, 1.8, 1.0)
+            if drifting and c == 0:
+                x = x + 60 * np.clip(np.arange(hours) - (hours - 7 * 24), 0, None) / (7 * 24)
+            idx.append(np.full(hours, c, np.int32))
+            ts.append(T0 + np.arange(hours, dtype=np.int64) * 3_600_000 + 60_000)
+            val.append(x)
+    order = np.argsort(np.concatenate(ts), kind="stable")
+    batch = Batch(np.concatenate(idx)[order], np.concatenate(ts)[order], np.concatenate(val)[order])
+    events, _, _ = run(Detector(s, reg, Counters()), batch, [])
+    return [(e[0], e[3]) for e in events if e[1] == R_NEIGHBOUR and e[2] == EV_OPEN]
+
+
+def test_neighbour_rule_fires_on_the_drifting_channel_only():
+    opened = _neighbour_opens(metrics=1, drifting=True, weather=False)
     assert [c for c, _ in opened] == [0]
-    assert opened[0][1] > T0 + 600 * 10_000  # after the drift began
+    assert opened[0][1] > T0 + (60 - 7) * 86_400_000  # after the drift began
+    assert _neighbour_opens(metrics=1, drifting=False, weather=False) == []
+
+
+def test_neighbour_rule_takes_off_what_moves_a_whole_station():
+    """A station whose pollutants all rise together for days: with one metric per
+    station that is a disagreement; with three, the device's median deviation takes it off,
+    and the drift of one of its metrics is still found."""
+    assert _neighbour_opens(metrics=1, drifting=False, weather=True) != []
+    assert _neighbour_opens(metrics=3, drifting=False, weather=True) == []
+    assert [c for c, _ in _neighbour_opens(metrics=3, drifting=True, weather=True)] == [0]
 
 
 def _channel_events(s: Settings, kind: str, metric: str, ts: np.ndarray, x: np.ndarray) -> list:

@@ -93,10 +93,19 @@ NEVER = np.iinfo(np.int64).min
     P_HP_MIN_STD,
     P_NB_ON,
     P_NB_MIN_NB,
+    P_NB_LOG,
+    P_NB_MIN_LEVEL,
+    P_NB_ALPHA,
+    P_NB_SMOOTH,
+    P_NB_SLOW,
+    P_NB_CLIP,
     P_NB_Z_OPEN,
-    P_NB,  # first of the neighbour rule's CUSUM block (CS_* columns)
-) = range(35)
-P_CU_ON = P_NB + 8
+    P_NB_Z_CLOSE,
+    P_NB_Z_CRIT,
+    P_NB_MIN_MS,
+    P_NB_MIN_N,
+    P_CU_ON,
+) = range(45)
 P_CU = P_CU_ON + 1  # first of the cusum rule's CUSUM block
 (
     P_SE_ON,
@@ -731,19 +740,21 @@ def sweep_dropout(start, n_channels, now_ms, earliest_t, prof, prm, g, last_ts, 
 
 
 @kernel
-def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
-                   nb_n, nb_base, nb_dev, nb_pos, nb_neg,
+def neighbour_step(rows, value, dev, resid, n_group, t, prof, prm, g,
+                   nb_n, nb_level, nb_base, nb_dev, nb_sm, nb_spread,
                    st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                    ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                    start):  # fmt: skip
     """The neighbour rule at the close of an interval ending at ``t``: channel ``rows[i]``
-    had mean ``value[i]``; its group had ``n_group[i]`` reporting channels and the common
-    level ``common[i]`` (see ``Detector._neighbours``). Rows ``start..``; returns (next row,
-    events written).
+    had mean ``value[i]``, the deviation ``dev[i]`` from its group's common level less its
+    learnt offset (``nb_base``), and ``resid[i]``, that deviation less its device's median
+    deviation (see ``Detector._neighbours``); its group had ``n_group[i]`` reporting
+    channels. Rows ``start..``; returns (next row, events written).
 
-    Each channel's offset from the common level is learnt (EWMA), and the spread of its
-    deviation from that offset (EWMA of the absolute deviation); the deviation in standard
-    deviations (1.2533 x the mean absolute deviation), clipped, feeds a two-sided CUSUM."""
+    The residual, clipped to ``clip`` x its learnt spread (``nb_dev``, 1.2533 x the EWMA of
+    its absolute value), is smoothed (``nb_sm``); the smoothed residual over its own learnt
+    spread (``nb_spread``) is the z-score. Then the offset learns the deviation and the
+    channel's level (``nb_level``, used for the log scale) the mean."""
     cap = ev_ch.shape[0]
     ne = 0
     for i in range(start, rows.shape[0]):
@@ -754,22 +765,29 @@ def neighbour_step(rows, value, common, n_group, t, prof, prm, g,
         if prm[p, P_NB_ON] <= 0 or n_group[i] < prm[p, P_NB_MIN_NB]:
             continue
         m = nb_n[c]
-        if m == 0:
-            nb_base[c] = value[i] - common[i]
-            nb_dev[c] = 0.0
-        else:
-            z, stat = _cusum(c, value[i] - nb_base[c] - common[i], m, nb_base, nb_dev, nb_pos,
-                             nb_neg, prm, p, P_NB)  # fmt: skip
-            if stat >= 0:
-                h = prm[p, P_NB + CS_H]
-                big = abs(z) >= prm[p, P_NB_Z_OPEN]
-                sc = max(_ratio_score(stat / h), _ratio_score(abs(z) / prm[p, P_NB_Z_OPEN]))
-                sev = SEV_CRITICAL if stat >= prm[p, P_NB + CS_CRIT] else SEV_WARNING
-                ne = step_alert(c, R_NEIGHBOUR, t, big or stat >= h,
-                                big or stat >= prm[p, P_NB + CS_CLOSE], sev, sc, value[i], 0, g,
-                                st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak,
-                                a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
-                                ev_score, ev_sev, ne)  # fmt: skip
+        first = 1.0 / (m + 1)
+        e = resid[i]
+        lim = prm[p, P_NB_CLIP] * 1.2533 * nb_dev[c]
+        if lim > 0:
+            e = min(max(e, -lim), lim)
+        sm = nb_sm[c] + prm[p, P_NB_SMOOTH] * (e - nb_sm[c])
+        nb_sm[c] = sm
+        sd = 1.2533 * nb_spread[c]
+        if m >= prm[p, P_NB_MIN_N] and sd > 0:
+            az = abs(sm) / sd
+            z_open = prm[p, P_NB_Z_OPEN]
+            sev = SEV_CRITICAL if az >= prm[p, P_NB_Z_CRIT] else SEV_WARNING
+            ne = step_alert(c, R_NEIGHBOUR, t, az >= z_open, az >= prm[p, P_NB_Z_CLOSE], sev,
+                            _ratio_score(az / z_open), value[i], prm[p, P_NB_MIN_MS], g,
+                            st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak,
+                            a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
+                            ev_score, ev_sev, ne)  # fmt: skip
+        slow = max(prm[p, P_NB_SLOW], first)
+        nb_base[c] += max(prm[p, P_NB_ALPHA], first) * dev[i]
+        nb_dev[c] += slow * (abs(resid[i]) - nb_dev[c])
+        nb_spread[c] += slow * (abs(sm) - nb_spread[c])
+        lvl = nb_level[c]
+        nb_level[c] = value[i] if lvl != lvl else lvl + slow * (value[i] - lvl)
         if m < 2_000_000_000:
             nb_n[c] = m + 1
     return rows.shape[0], ne
