@@ -154,7 +154,8 @@ class NeighbourParams:
     median of the members' offset-corrected values) and less the channel's learnt offset is
     its deviation. On a device with three or more channels in the rule, the median deviation
     of the device's channels is taken off too, so weather at one station that moves all its
-    pollutants is not a fault of one of them. The deviation, clipped to ``clip`` times its
+    pollutants is not a fault of one of them. Channels with a neighbour alert open or pending
+    are left out of both medians. The deviation, clipped to ``clip`` times its
     learnt spread, is smoothed (EWMA), and the smoothed deviation in units of its own learnt
     spread is the z-score: it must stay beyond ``z_open`` for ``min_duration_s``. What the
     whole group does moves the common level, so a city-wide episode is not a disagreement.
