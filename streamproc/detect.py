@@ -432,23 +432,27 @@ class Detector:
         if len(rows) == 0:
             return
         mean = s["agg_sum"][rows, sl] / s["agg_n"][rows, sl]
-        prm = self.prm[reg.ch_profile[rows]]
+        prof = reg.ch_profile[rows]
         level = s["nb_level"][rows]
-        level = np.maximum(np.where(np.isnan(level), mean, level), prm[:, bank.P_NB_MIN_LEVEL])
+        level = np.maximum(
+            np.where(np.isnan(level), mean, level), self.prm[prof, bank.P_NB_MIN_LEVEL]
+        )
         with np.errstate(invalid="ignore", divide="ignore"):  # rows without the log scale
             logged = np.log(np.maximum(mean, 0.0) + level)
-        value = np.where(prm[:, bank.P_NB_LOG] > 0, logged, mean)
-        key = reg.ch_group[rows].astype(np.int64) * len(reg.profiles) + reg.ch_profile[rows]
+        value = np.where(self.prm[prof, bank.P_NB_LOG] > 0, logged, mean)
+        key = reg.ch_group[rows].astype(np.int64) * len(reg.profiles) + prof
         _, gid, n_per_group = np.unique(key, return_inverse=True, return_counts=True)
         known = s["nb_n"][rows] > 0
         idle = s["st"][rows, R_NEIGHBOUR] == ST_IDLE
-        corrected = value - s["nb_base"][rows]
-        common = _group_medians(gid, value, len(n_per_group))
-        for members in (known, known & idle):  # the last one a group has wins
-            has = np.bincount(gid[members], minlength=len(n_per_group)) > 0
-            common[has] = _group_medians(gid[members], corrected[members], len(has))[has]
+        corrected = value - s["nb_base"][rows]  # the plain value while a channel is unknown
+        # members of the common level: known and idle, else known, else all
+        rank = known.astype(np.int8) + (known & idle)
+        best = np.zeros(len(n_per_group), np.int8)
+        np.maximum.at(best, gid, rank)
+        members = rank == best[gid]
+        common = _group_medians(gid[members], corrected[members], len(n_per_group))
         dev = corrected - common[gid]
-        on = prm[:, bank.P_NB_ON] > 0
+        on = self.prm[prof, bank.P_NB_ON] > 0
         _, did, n_per_device = np.unique(reg.ch_device[rows[on]], return_inverse=True,
                                          return_counts=True)  # fmt: skip
         idle_on = idle[on]
