@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -112,6 +113,22 @@ def _alerts_in_order(lines: list[str]) -> list[dict[str, object]]:
     return [json.loads(x) for x in lines]
 
 
+def _put_back(away: Path, folder: Path) -> None:
+    """Replace the file at ``folder`` with the folder moved to ``away``. The writer may make
+    ``folder`` again between the two steps; then the files only ``away`` has join it."""
+    folder.unlink()
+    try:
+        away.rename(folder)
+    except OSError:
+        for f in sorted(away.rglob("*")):
+            target = folder / f.relative_to(away)
+            if f.is_dir():
+                target.mkdir(exist_ok=True)
+            elif not target.exists():
+                f.rename(target)
+        shutil.rmtree(away)
+
+
 def test_unwritable_snapshot_folder(tmp_path: Path, broker: Broker, feed: Feed) -> None:
     """The snapshot folder replaced by a regular file while the daemon runs (a fault that root
     cannot bypass, unlike file permissions): each interval that cannot be written is counted
@@ -139,8 +156,7 @@ def test_unwritable_snapshot_folder(tmp_path: Path, broker: Broker, feed: Feed) 
         assert "sink snapshots: write failed: [Errno 17] File exists" in d.log()
         assert d.value("streamproc_alerts_published_total") > published  # alerts still flow
         errors = d.value("streamproc_sink_errors_total", sink="snapshots")
-        (out / "snapshots").unlink()
-        (out / "snapshots.away").rename(out / "snapshots")
+        _put_back(out / "snapshots.away", out / "snapshots")
         publish_all(broker.url, parts[2])
         d.wait_messages(len(feed.messages))
         d.wait_readings(feed.readings)
