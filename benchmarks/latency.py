@@ -1,6 +1,7 @@
 """Latency from publishing a reading to its alert on MQTT, under a steady stream of 10k msg/s.
 
     python benchmarks/latency.py [--rate 10000] [--seconds 62] [--delays 100 10] [--qos 1 0]
+        [--tcp-nodelay]
 
 For each ``batch.max_delay_ms`` in --delays and each QoS in --qos: a private mosquitto and
 ``streamproc run`` (default settings but the batch delay; subscribed with that QoS). A publisher
@@ -162,7 +163,7 @@ def run(work: Path, args: argparse.Namespace, delay_ms: int, qos: int) -> dict[s
     work.mkdir()
     config = work / "config.toml"
     config.write_text(f"[batch]\nmax_delay_ms = {delay_ms}\n")
-    with Broker(work / "mq") as broker:
+    with Broker(work / "mq", tcp_nodelay=args.tcp_nodelay) as broker:
         cmd = ["run", "-c", str(config), "--broker", broker.url, "--out", str(work / "out"),
                "--qos", str(qos)]  # fmt: skip
         d = DaemonProcess(work / "daemon", cmd).start()
@@ -229,6 +230,8 @@ def main() -> None:
                     help="batch.max_delay_ms values to run")  # fmt: skip
     ap.add_argument("--qos", type=int, nargs="+", choices=(0, 1), default=[1, 0])
     ap.add_argument("--target-ms", type=float, default=20.0, help="p99 target")
+    ap.add_argument("--tcp-nodelay", action="store_true",
+                    help="mosquitto's set_tcp_nodelay true (Nagle's algorithm off)")  # fmt: skip
     ap.add_argument("--publisher", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.publisher:

@@ -50,7 +50,7 @@ class ChannelSettings:
 @dataclass(frozen=True)
 class BatchSettings:
     max_readings: int = 10_000
-    max_delay_ms: int = 100
+    max_delay_ms: int = 10
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ log and snapshots; metrics and health; checkpoints; signals.
 
 One asyncio event loop does everything, in this order of events::
 
-    message -> decode into the batch   (the gmqtt callback; runs a batch when it is full)
+    message -> decode into the batch   (the gmqtt callback; runs a batch when it is full,
+                                       or when the timer below is late)
     every batch.max_delay_ms           run whatever the batch holds
     every checkpoint.interval_s        save the state
     SIGHUP                             reload rules, thresholds, alerts and batch settings
@@ -105,6 +106,7 @@ class Daemon:
         self.replaying = False
         self.stopping = False
         self.ready_sent = False
+        self.batch_due = 0.0  # time.monotonic() by which the next batch runs
 
     def health(self) -> str:
         """Empty when ready, else why not."""
@@ -125,6 +127,8 @@ class Daemon:
         if self.journal is not None:
             self.journal.append(topic, payload, recv_ms)
         self._process(topic, payload, recv_ms)
+        if time.monotonic() >= self.batch_due:  # the loop is too busy with messages for the timer
+            self._tick()
 
     def _process(self, topic: str, payload: bytes, recv_ms: int) -> None:
         try:
@@ -153,8 +157,7 @@ class Daemon:
                 await self._replay_journal(restored)
         tasks = []
         if await self.connection.connect(stop):
-            delay_s = self.settings.batch.max_delay_ms / 1000
-            tasks = [asyncio.create_task(self._every(delay_s, self._tick))]
+            tasks = [asyncio.create_task(self._batches())]
             if self.settings.checkpoint.enabled:
                 tasks.append(asyncio.create_task(self._checkpoints()))
             await stop.wait()
@@ -163,15 +166,15 @@ class Daemon:
             server.close()
         return 0
 
-    async def _every(self, seconds: float, fn: Callable[[], None]) -> None:
-        """Call ``fn`` at a fixed rate (the time ``fn`` takes is not added to the period;
-        after a stall the schedule starts again from now)."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + seconds
+    async def _batches(self) -> None:
+        """Run the batch when it is due, every ``batch.max_delay_ms`` (read again each time,
+        for SIGHUP). The message callback runs it itself when this timer is late."""
         while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            fn()
-            due = max(due + seconds, loop.time())
+            wait = self.batch_due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                self._tick()
 
     async def _replay_journal(self, restored: dict[str, Any] | None) -> None:
         """Run the journal written since the checkpoint through the pipeline, giving the loop
@@ -261,6 +264,9 @@ class Daemon:
             self._checkpoint_done(start, size, journal_from)
 
     def _tick(self) -> None:
+        now, delay = time.monotonic(), self.settings.batch.max_delay_ms / 1000
+        due = self.batch_due + delay  # a fixed grid; after a stall it starts again from now
+        self.batch_due = due if due > now else now + delay
         self.pipeline.flush()
         if self.journal is not None and self.journal.pending:  # QoS 0 messages ask for none
             self._commit_soon()
