@@ -58,7 +58,7 @@ from streamproc.config import RULE_PARAMS, Settings, from_dict
 from streamproc.detect import Detector, IntervalClosed, Output, warm_up
 from streamproc.kernels import bank
 from streamproc.kernels.rules import EV_OPEN, N_RULES, RULES
-from streamproc.registry import Registry
+from streamproc.registry import CHANNEL_ARRAYS, Registry
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 ROUND_MS = 60_000  # every channel reports once per round, at a random phase
@@ -431,11 +431,10 @@ def state_bytes(det: Detector) -> tuple[int, int, int]:
     season: dict[str, np.ndarray] = getattr(det, "season", {})
     rows = getattr(det, "season_rows", 0)
     reg = det.registry
-    names = ("ch_device", "ch_metric", "ch_kind", "ch_group", "ch_profile")
     return (
         _row_bytes(det.state),
         round(_row_bytes(season) * rows / max(reg.n, 1)),
-        sum(getattr(reg, name).itemsize for name in names),
+        sum(getattr(reg, name).itemsize for name in CHANNEL_ARRAYS),
     )
 
 

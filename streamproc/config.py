@@ -207,6 +207,11 @@ class HampelParams:
     back: float = 0.5  # taken back: the next reading within back x the jump of the one before
     min_readings: int = 16
     min_std: float = 0.0  # floor under the robust spread, in the metric's unit
+    # 0: off. Else a jump is not reported when another channel of the same device changed the
+    # same way at the same time (its latest reading or the one before, at the jump's
+    # timestamp) by at least this share of the jump's z, in that channel's own robust z: local
+    # weather or a real plume moves several pollutants of one station, a sensor fault one.
+    siblings: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -486,6 +491,7 @@ def _validate(s: Settings) -> None:
                 if not 3 <= p.min_readings <= s.detect.window:
                     raise ConfigError(f"{key}.min_readings", "must be between 3 and detect.window")
                 _check_positive(f"{key}.min_std", p.min_std, strict=False)
+                _check_positive(f"{key}.siblings", p.siblings, strict=False)
             elif isinstance(p, CusumParams):
                 _check_cusum(key, p)
                 _check_positive(f"{key}.min_readings", p.min_readings)

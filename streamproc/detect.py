@@ -67,6 +67,8 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "s2": (np.float64, (), 0.0),
         "last_ts": (np.int64, (), NEVER),
         "ival": (np.float64, (), 0.0),
+        "fin_ts": (np.int64, (), NEVER),  # time of the newest value in the ring
+        "fin_prev_ts": (np.int64, (), NEVER),  # ... and of the one before
         "flat_n": (np.int32, (), 0),
         "flat_t0": (np.int64, (), NEVER),
         "flat_learnt": (np.float64, (4,), (0.0, 0.0, np.nan, np.nan)),  # bank.FL_* slots
@@ -158,6 +160,7 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_HP_BACK] = hp.back
         row[bank.P_HP_MIN_N] = hp.min_readings
         row[bank.P_HP_MIN_STD] = hp.min_std
+        row[bank.P_HP_SIBLINGS] = hp.siblings
         row[bank.P_RT_RISE] = rt.max_rise_per_s
         row[bank.P_RT_FALL] = rt.max_fall_per_s
         row[bank.P_RT_CRIT] = rt.critical_factor
@@ -323,9 +326,9 @@ class Detector:
             a, ne = bank.process_readings(
                 batch.idx, batch.ts_ms, batch.value, a, b, late_before, scores, self.scratch,
                 self.prefetch_ahead,
-                self.registry.ch_profile, self.prm, self.g,
+                self.registry.ch_profile, self.registry.ch_sibling, self.prm, self.g,
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
-                s["flat_n"], s["flat_t0"], s["flat_learnt"],
+                s["fin_ts"], s["fin_prev_ts"], s["flat_n"], s["flat_t0"], s["flat_learnt"],
                 s["cu_n"], s["cu_base"], s["cu_dev"], s["cu_pos"], s["cu_neg"],
                 s["se_row"], se["se_mean"], se["se_dev"], se["se_w"], se["se_z"],
                 *self._alert_tables(),

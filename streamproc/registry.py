@@ -19,6 +19,8 @@ from streamproc.topics import valid_id
 UNKNOWN_KIND = -1
 CAPACITY = -2
 UNKNOWN_DEVICE = -3
+# per-channel arrays, indexed by channel
+CHANNEL_ARRAYS = ("ch_device", "ch_metric", "ch_kind", "ch_group", "ch_profile", "ch_sibling")
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Device:
     lat: float = float("nan")
     lon: float = float("nan")
     neighbours: tuple[str, ...] = ()
+    first: int = -1  # its first channel, -1 before it has one
 
 
 class Names:
@@ -69,6 +72,7 @@ class Registry:
         self.ch_kind = np.zeros(cap, np.int16)
         self.ch_group = np.zeros(cap, np.int32)
         self.ch_profile = np.zeros(cap, np.int16)
+        self.ch_sibling = np.zeros(cap, np.int32)  # the next channel of the same device, circular
         if settings.sensors:
             self.load_sensors(settings.sensors)
 
@@ -99,7 +103,7 @@ class Registry:
     def _add(self, device: str, metric: str, dev: Device) -> int:
         c = self.n
         if c == len(self.ch_device):
-            for name in ("ch_device", "ch_metric", "ch_kind", "ch_group", "ch_profile"):
+            for name in CHANNEL_ARRAYS:
                 old = getattr(self, name)
                 new = np.zeros(2 * len(old), old.dtype)
                 new[: len(old)] = old
@@ -109,6 +113,11 @@ class Registry:
         self.ch_kind[c] = dev.kind
         self.ch_group[c] = dev.group
         self.ch_profile[c] = self.profiles.code(f"{self.kinds.names[dev.kind]}.{metric}")
+        if dev.first < 0:
+            dev.first = self.ch_sibling[c] = c
+        else:  # into the device's circle, after its first channel
+            self.ch_sibling[c] = self.ch_sibling[dev.first]
+            self.ch_sibling[dev.first] = c
         self.index[(device, metric)] = c
         self.n = c + 1
         return c

@@ -45,6 +45,15 @@ def level_step(base: float, dev: float, n: int, e: float, sd: float, p: Any) -> 
     return base + a * e, dev + a * (abs(e) - dev)
 
 
+def change_spread(w: list[float], min_std: float) -> tuple[float, float]:
+    """Median of the changes in ``w`` and their robust spread, as the hampel rule takes them."""
+    changes = [b - a for a, b in itertools.pairwise(w)]
+    nd = len(changes)
+    med = sorted(changes)[nd // 2]
+    dev = [abs(d - med) for d in changes]
+    return med, max(1.4826 * sorted(dev)[nd // 2], 1.2533 * sum(dev) / nd, min_std)
+
+
 def ratio_score(q: float) -> float:
     return q * q / (1 + q * q)
 
@@ -64,6 +73,7 @@ class Alert:
 @dataclass
 class Chan:
     window: deque[float]
+    times: deque[int]  # the window's timestamps
     last_ts: int | None = None
     ival: float = 0.0
     flat_n: int = 0
@@ -123,8 +133,27 @@ class Reference:
 
     def chan(self, c: int) -> Chan:
         if c not in self.ch:
-            self.ch[c] = Chan(deque(maxlen=self.W))
+            self.ch[c] = Chan(deque(maxlen=self.W), deque(maxlen=self.W))
         return self.ch[c]
+
+    def sibling_jump(self, c: int, t1: int, sign: float, min_n: int) -> float:
+        """The largest z (in the direction ``sign``) of another channel of c's device changing
+        into its latest reading or the one before, if that reading is at ``t1``."""
+        best = -math.inf
+        dev = self.device.get(c, str(c))
+        for s, other in self.ch.items():
+            if s == c or self.device.get(s, str(s)) != dev or len(other.window) < min_n:
+                continue
+            w, times = list(other.window), list(other.times)
+            for back in (1, 2):
+                if len(w) > back and times[-back] == t1:
+                    kind, metric = self.km[s]
+                    min_std = self.s.rules["hampel"].for_channel(kind, metric).min_std
+                    med, sd = change_spread(w, min_std)
+                    if sd > 0:
+                        best = max(best, sign * (w[-back] - w[-back - 1] - med) / sd)
+                    break
+        return best
 
     # -- alert lifecycle ------------------------------------------------------------------
     def step(self, c, r, t, trig, hold, sev, score, value, min_ms):
@@ -384,12 +413,13 @@ class Reference:
             jump = w[-1] - w[-2]
             z = 0.0
             if jump != 0 and (xv - w[-1]) * jump < 0 and abs(xv - w[-2]) <= hp.back * abs(jump):
-                changes = [b - a for a, b in itertools.pairwise(w)]
-                nd = len(changes)
-                med = sorted(changes)[nd // 2]
-                dev = [abs(d - med) for d in changes]
-                sd = max(1.4826 * sorted(dev)[nd // 2], 1.2533 * sum(dev) / nd, hp.min_std)
+                med, sd = change_spread(list(w), hp.min_std)
                 z = abs(jump - med) / sd if sd > 0 else 0.0
+                if hp.siblings > 0 and z >= hp.z_open:
+                    sign = 1.0 if jump > 0 else -1.0
+                    zs = self.sibling_jump(c, ch.times[-1], sign, hp.min_readings)
+                    if zs >= hp.siblings * z:
+                        z = 0.0
             sc = ratio_score(z / hp.z_open)
             score = max(score, sc)
             sev = SEV_CRITICAL if z >= hp.z_critical else SEV_WARNING
@@ -452,6 +482,7 @@ class Reference:
                 ch.season[b] = [f32(mean + a * e), f32(dev + a * (abs(e) - dev)), f32(w + f)]
 
         ch.window.append(xv)
+        ch.times.append(t)
         k = t // self.interval
         ch.agg.setdefault(k, []).append(x)
         ch.agg_last_ts[k] = t

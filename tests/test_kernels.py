@@ -419,6 +419,100 @@ def test_air_hourly_profile_reports_a_spike_but_not_a_step_that_stays():
     assert opened(hourly) == [("hampel", 151)]
 
 
+SIBLINGS = from_dict(
+    {
+        **SETTINGS_DICT,
+        "rules": {
+            **SETTINGS_DICT["rules"],
+            "hampel": {**SETTINGS_DICT["rules"]["hampel"], "siblings": 0.5},
+        },
+    }
+)
+
+
+def _stations(settings: Settings, n: int) -> tuple[Registry, dict, dict]:
+    """``n`` stations of the three METRICS each; the registry, (kind, metric) and device."""
+    reg = Registry(settings.channels)
+    km, device = {}, {}
+    for i in range(n):
+        for m in METRICS:
+            c = reg.channel(f"st{i}", m, "air", "g")
+            km[c], device[c] = ("air", m), f"st{i}"
+    return reg, km, device
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 12_000),
+            st.sampled_from([0.0, 0.0, 0.0, 40.0, -40.0]),
+            st.integers(0, 511),  # the channels that take the shock
+            st.lists(st.one_of(st.none(), st.integers(-8, 8)), min_size=9, max_size=9),
+        ),
+        min_size=10,
+        max_size=60,
+    ),
+    st.lists(st.integers(0, 600), max_size=8),
+)
+def test_hampel_siblings_match_reference(rounds, cuts):
+    """Three stations of three metrics; in each round the channels that report do so at one
+    timestamp, some with a shock, so that a channel's jump meets its siblings' changes at
+    their latest reading or the one before."""
+    reg, km, device = _stations(SIBLINGS, 3)
+    raw, t = [], T0
+    for step, shock, mask, noise in rounds:
+        t += step
+        raw += [(c, t, 20 + k / 8 + (shock if mask >> c & 1 else 0.0))
+                for c, k in enumerate(noise) if k is not None]  # fmt: skip
+    batch = Batch(np.array([r[0] for r in raw], np.int32), np.array([r[1] for r in raw], np.int64),
+                  np.array([r[2] for r in raw], np.float64))  # fmt: skip
+    events, _, scores = run(
+        Detector(SIBLINGS, reg, Counters()), batch, [c for c in cuts if c < len(batch)]
+    )
+    ref = Reference(SIBLINGS, km, device)
+    ref.run(raw)
+    ref.finish()
+    assert_events_equal(events, ref.events)
+    assert_allclose(scores, np.array(ref.scores), rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_hampel_siblings_tell_a_sensor_spike_from_a_station_wide_one():
+    """A spike on one channel is reported; the same spike while another pollutant of the
+    station jumps with it is not (``siblings``), nor is it when that pollutant reports its
+    next reading before the spiking channel does; a sibling that falls instead does not
+    count."""
+    rng = np.random.default_rng(7)
+    n = 60
+    base = rng.integers(-8, 9, size=(n, 3)) / 8 + 20
+
+    def hampel_opens(moves: dict[int, float], next_first: bool) -> list[int]:
+        """Station st0's pm25 spikes at reading 40; ``moves``: sibling metric -> its change
+        at that reading."""
+        x = base.copy()
+        x[40, 0] += 30
+        for m, d in moves.items():
+            x[40, m] += d
+        reg, _, _ = _stations(SIBLINGS, 1)
+        idx, ts, val = [], [], []
+        for j in range(n):
+            order = [1, 2, 0] if next_first and j == 41 else [0, 1, 2]
+            for m in order:
+                idx.append(m)
+                ts.append(T0 + j * 10_000)
+                val.append(x[j, m])
+        batch = Batch(np.array(idx, np.int32), np.array(ts, np.int64), np.array(val))
+        events, _, _ = run(Detector(SIBLINGS, reg, Counters()), batch, [])
+        return [(e[3] - T0) // 10_000 for e in events
+                if e[0] == 0 and RULES[e[1]] == "hampel" and e[2] == EV_OPEN]  # fmt: skip
+
+    assert hampel_opens({}, False) == [41]
+    assert hampel_opens({2: 20}, False) == []  # o3 jumps up with it
+    assert hampel_opens({2: 20}, True) == []  # ... and has its next reading already
+    assert hampel_opens({2: -20}, False) == [41]  # o3 falls: no common cause
+    assert hampel_opens({2: 0.5}, False) == [41]  # a small move is no explanation
+
+
 def _default_rules(series: np.ndarray, step_ms: int, metric: str) -> list[tuple[int, int, int]]:
     """(rule, event kind, reading index) of the alerts that default settings raise on one
     pipe channel's series."""

@@ -14,7 +14,8 @@ Per reading (channel c, time t, value x), in this order:
      floor for a run at the floor, such as a detection limit, its rate elsewhere otherwise);
    - rate: the change from the previous reading per second beyond a limit;
    - hampel: the previous reading jumped, robustly far from the window's changes (median and
-     MAD), and x takes the jump back (an isolated spike, reported one reading late);
+     MAD), and x takes the jump back (an isolated spike, reported one reading late), and no
+     other channel of its device jumped the same way at the same time (``siblings``);
    - cusum: x against the channel's learnt level (EWMA), summed on each side (level shifts,
      drift);
    - seasonal: x against the learnt profile of its hour (weekday or weekend), smoothed;
@@ -91,6 +92,7 @@ NEVER = np.iinfo(np.int64).min
     P_HP_BACK,
     P_HP_MIN_N,
     P_HP_MIN_STD,
+    P_HP_SIBLINGS,
     P_NB_ON,
     P_NB_MIN_NB,
     P_NB_LOG,
@@ -105,7 +107,7 @@ NEVER = np.iinfo(np.int64).min
     P_NB_MIN_MS,
     P_NB_MIN_N,
     P_CU_ON,
-) = range(45)
+) = range(46)
 P_CU = P_CU_ON + 1  # first of the cusum rule's CUSUM block
 (
     P_SE_ON,
@@ -308,6 +310,51 @@ def _kth(buf, n, k):
 
 
 @kernel
+def _change_spread(ring, c, pos, n, window, buf, min_std):
+    """Median and robust spread (1.4826 x MAD, at least 1.2533 x the mean absolute deviation,
+    at least ``min_std``) of the changes between the ``n`` newest values of ring row ``c``
+    (the next write at ``pos``); uses ``buf[:2 * (n - 1)]``."""
+    k = (pos - n) % window  # the oldest value
+    nd = n - 1
+    for j in range(nd):  # the changes, twice: the selection reorders the first
+        k1 = k + 1 if k + 1 < window else 0
+        d = np.float64(ring[c, k1]) - np.float64(ring[c, k])
+        buf[j] = d
+        buf[nd + j] = d
+        k = k1
+    med = _kth(buf, nd, nd // 2)
+    sum_ad = 0.0
+    for j in range(nd):
+        buf[j] = abs(buf[nd + j] - med)
+        sum_ad += buf[j]
+    mad = _kth(buf, nd, nd // 2)
+    return med, max(1.4826 * mad, 1.2533 * sum_ad / nd, min_std)
+
+
+@kernel
+def _sibling_jump(c, t1, sign, min_n, sib, prof, prm, ring, pos, cnt, fin_ts, fin_prev_ts, buf):
+    """The largest robust z-score (in the direction ``sign``) of a change that another channel
+    of c's device made into a reading at time ``t1``: its latest reading or the one before.
+    Devices are circular lists (``sib``: the next channel); at most 64 are looked at."""
+    window = ring.shape[1]
+    best = -np.inf
+    s = sib[c]
+    seen = 0
+    while s != c and seen < 64:
+        back = 1 if fin_ts[s] == t1 else (2 if fin_prev_ts[s] == t1 else 0)
+        n = cnt[s]
+        if back > 0 and n >= min_n and n > back:
+            a = np.float64(ring[s, (pos[s] - back) % window])
+            b = np.float64(ring[s, (pos[s] - back - 1) % window])
+            med, sd = _change_spread(ring, s, pos[s], n, window, buf, prm[prof[s], P_HP_MIN_STD])
+            if sd > 0:
+                best = max(best, sign * (a - b - med) / sd)
+        s = sib[s]
+        seen += 1
+    return best
+
+
+@kernel
 def _cusum(c, e, m, base, dev, pos, neg, prm, p, o):
     """One step of a two-sided CUSUM against a learnt baseline (the CS_* columns from ``o``).
 
@@ -393,8 +440,9 @@ def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
 
 @kernel
 def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, ahead,
-                     prof, prm, g,
-                     ring, pos, cnt, s1, s2, last_ts, ival, flat_n, flat_t0, flat_learnt,
+                     prof, sib, prm, g,
+                     ring, pos, cnt, s1, s2, last_ts, ival, fin_ts, fin_prev_ts,
+                     flat_n, flat_t0, flat_learnt,
                      cu_n, cu_base, cu_dev, cu_pos, cu_neg,
                      se_row, se_mean, se_dev, se_w, se_z,
                      st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
@@ -555,22 +603,15 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
             z = 0.0
             back = abs(xv - x2) <= prm[p, P_HP_BACK] * abs(jump)
             if jump != 0 and (xv - x1) * jump < 0 and back:
-                k = (pos[c] - n) % window  # the oldest value in the window
-                nd = n - 1
-                for j in range(nd):  # the changes, twice: the selection reorders the first
-                    k1 = k + 1 if k + 1 < window else 0
-                    d = np.float64(ring[c, k1]) - np.float64(ring[c, k])
-                    buf[j] = d
-                    buf[nd + j] = d
-                    k = k1
-                med = _kth(buf, nd, nd // 2)
-                sum_ad = 0.0
-                for j in range(nd):
-                    buf[j] = abs(buf[nd + j] - med)
-                    sum_ad += buf[j]
-                mad = _kth(buf, nd, nd // 2)
-                sd = max(1.4826 * mad, 1.2533 * sum_ad / nd, prm[p, P_HP_MIN_STD])
+                med, sd = _change_spread(ring, c, pos[c], n, window, buf, prm[p, P_HP_MIN_STD])
                 z = abs(jump - med) / sd if sd > 0 else 0.0
+                share = prm[p, P_HP_SIBLINGS]
+                if share > 0 and z >= prm[p, P_HP_Z_OPEN]:  # a real event moves several
+                    sign = 1.0 if jump > 0 else -1.0
+                    zs = _sibling_jump(c, fin_ts[c], sign, prm[p, P_HP_MIN_N], sib, prof, prm,
+                                       ring, pos, cnt, fin_ts, fin_prev_ts, buf)  # fmt: skip
+                    if zs >= share * z:
+                        z = 0.0
             sc = _ratio_score(z / prm[p, P_HP_Z_OPEN])
             score = max(score, sc)
             trig = z >= prm[p, P_HP_Z_OPEN]
@@ -672,6 +713,8 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         else:
             cnt[c] = n + 1
         ring[c, k] = x32
+        fin_prev_ts[c] = fin_ts[c]
+        fin_ts[c] = t
         k += 1
         if k == window:
             k = 0
