@@ -253,6 +253,18 @@ def test_threshold_hysteresis_and_minimum_duration():
 METRICS = ("pm25", "no2", "o3")
 
 
+def _stations(settings: Settings, n: int, metrics: int = 3) -> tuple[Registry, dict, dict]:
+    """``n`` stations of the first ``metrics`` METRICS each; the registry, and each channel's
+    (kind, metric) and device."""
+    reg = Registry(settings.channels)
+    km, device = {}, {}
+    for i in range(n):
+        for m in METRICS[:metrics]:
+            c = reg.channel(f"st{i}", m, "air", "g")
+            km[c], device[c] = ("air", m), f"st{i}"
+    return reg, km, device
+
+
 def _group_feed(
     offsets: list[int], noise: list[list[int]], drift: int, metrics: int = 1
 ) -> tuple[Batch, Registry, dict, dict]:
@@ -260,12 +272,7 @@ def _group_feed(
     a shared signal, an offset per station, noise, and the first channel (station 0's pm25)
     drifting by ``drift``/8 per reading (values in 1/8 steps). Returns the batch, the
     registry, and each channel's (kind, metric) and device."""
-    reg = Registry(SETTINGS.channels)
-    km, device = {}, {}
-    for i in range(len(offsets)):
-        for m in METRICS[:metrics]:
-            c = reg.channel(f"st{i}", m, "air", "g")
-            km[c], device[c] = ("air", m), f"st{i}"
+    reg, km, device = _stations(SETTINGS, len(offsets), metrics)
     idx, ts, val = [], [], []
     for j, row in enumerate(noise):
         shared = 8 * (j % 17)
@@ -428,17 +435,6 @@ SIBLINGS = from_dict(
         },
     }
 )
-
-
-def _stations(settings: Settings, n: int) -> tuple[Registry, dict, dict]:
-    """``n`` stations of the three METRICS each; the registry, (kind, metric) and device."""
-    reg = Registry(settings.channels)
-    km, device = {}, {}
-    for i in range(n):
-        for m in METRICS:
-            c = reg.channel(f"st{i}", m, "air", "g")
-            km[c], device[c] = ("air", m), f"st{i}"
-    return reg, km, device
 
 
 @settings(max_examples=200, deadline=None)
