@@ -4,9 +4,13 @@
 builder in one copy. On MISS or FALLBACK it returns False and the decoder decodes the message
 the general way; after a MISS, ``learn`` adds the pairs the registry now knows, so the next
 message from the same gateway is scanned whole. The table only grows, like the registry.
+``scan_messages`` scans the array of small messages that ``streamproc.coalesce`` puts together;
+``know`` adds the channels of a device's first message to the table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from streamproc.registry import Registry
 
 MIN_BYTES = 512  # smaller payloads go the general way: the call costs more than it saves
 MAX_MISSES = 4096  # unknown pairs learnt per message; more are learnt from later messages
+_NO_DEVICE = np.frombuffer(b"", np.uint8)
 
 
 class GatewayScan:
@@ -49,6 +54,18 @@ class GatewayScan:
             if len(self._dev) >= 4096:
                 self._dev.clear()
             dev = self._dev[device] = np.frombuffer((device or "").encode(), np.uint8)
+        if self._scan(payload, dev, device is not None, 0, recv_ms, out):
+            self.decided += 1
+            return True
+        return False
+
+    def scan_messages(self, entries: bytes, messages: int, recv_ms: int, out: BatchBuilder) -> bool:
+        """``scan`` for a JSON array of ``messages`` coalesced messages, one entry each, naming
+        its device and its time; ``recv_ms`` is the earliest receive time among them."""
+        return self._scan(entries, _NO_DEVICE, False, messages, recv_ms, out)
+
+    def _scan(self, payload: bytes, dev: np.ndarray, has_dev: bool, messages: int,
+              recv_ms: int, out: BatchBuilder) -> bool:  # fmt: skip
         buf = np.frombuffer(payload, np.uint8)
         if len(buf) // 5 + 1 > len(self.out_idx):  # a reading takes 5 bytes or more: "m":1,
             cap = len(buf) // 5 + 1
@@ -56,13 +73,12 @@ class GatewayScan:
             self.out_val = np.empty(cap, np.float64)
         hi = min(self.hi_ms, recv_ms + self.future_ms)
         status, n, misses = gk.scan(
-            buf, dev, device is not None, recv_ms, self.lo_ms, hi,
+            buf, dev, has_dev, messages, recv_ms, self.lo_ms, hi,
             self.slots, self.ent_hash, self.ent_ch, self.off, self.keys, self.met,
             self.out_idx, self.out_ts, self.out_val, self.miss,
         )  # fmt: skip
         if status == gk.OK:
             out.extend(self.out_idx[:n], self.out_ts[:n], self.out_val[:n])
-            self.decided += 1
             return True
         self.missed = (payload, dev, misses) if status == gk.MISS else None
         return False
@@ -82,6 +98,18 @@ class GatewayScan:
             key = device + b"\0" + metric
             if c is not None and key not in added:
                 added.add(key)
+                self._add(key, c)
+
+    def know(self, channels: Iterable[int]) -> None:
+        """Add registered channels to the table (a device's first message, decoded the general
+        way), unless they are in it."""
+        for c in channels:
+            names = self.registry.describe(c)
+            key = (names["device"] + "\0" + names["metric"]).encode()
+            k = np.frombuffer(key, np.uint8)
+            d = len(names["device"].encode())
+            table = (self.slots, self.ent_hash, self.ent_ch, self.off, self.keys)
+            if gk.find(k, 0, d, _NO_DEVICE, d + 1, len(k), *table) < 0:
                 self._add(key, c)
 
     def _add(self, key: bytes, c: int) -> None:

@@ -39,6 +39,7 @@ METRICS = (
     ("streamproc_messages_total", "counter", "MQTT messages by result"),
     ("streamproc_dropped_total", "counter", "Decoded readings dropped, by reason"),
     ("streamproc_gateway_scanned_total", "counter", "Gateway messages the compiled scan decoded"),
+    ("streamproc_coalesced_total", "counter", "Small messages the compiled scan decoded together"),
     ("streamproc_alerts_total", "counter", "Alerts opened, by sensor kind, rule and severity"),
     ("streamproc_alerts_open", "gauge", "Alerts open now"),
     ("streamproc_channels", "gauge", "Channels by sensor kind and state (active, stale)"),
@@ -102,6 +103,7 @@ class Metrics:
         yield _counter("streamproc_messages_total", c.messages, ["result"])
         yield _counter("streamproc_dropped_total", c.dropped, ["reason"])
         yield _counter("streamproc_gateway_scanned_total", p.decoder.gateway.decided)
+        yield _counter("streamproc_coalesced_total", p.coalescer.coalesced)
         yield _counter("streamproc_alerts_total", self.alerts_opened, ["kind", "rule", "severity"])
         yield _gauge("streamproc_alerts_open", len(p.book.open))
         yield self._channels()

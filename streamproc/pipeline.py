@@ -24,6 +24,7 @@ import numpy as np
 
 from streamproc.alerts import Alert, AlertBook, Events
 from streamproc.batch import Batch, BatchBuilder
+from streamproc.coalesce import Coalescer
 from streamproc.config import Settings
 from streamproc.counters import Counters, Histogram
 from streamproc.decode import Decoder
@@ -59,6 +60,7 @@ class Pipeline:
         self.counters = Counters()
         self.builder = BatchBuilder()
         self.decoder = Decoder(settings, self.registry, self.counters, self.builder)
+        self.coalescer = Coalescer(self.decoder)
         self.detector = Detector(settings, self.registry, self.counters)
         self.book = AlertBook(self.registry)
         self.alert_log = AlertLog(self.out_dir / "alerts.jsonl")
@@ -85,7 +87,7 @@ class Pipeline:
     # -- input --------------------------------------------------------------------------
     def message(self, topic: str, payload: bytes, recv_ms: int) -> None:
         """One MQTT message; runs a batch when it is full."""
-        self.decoder.decode(topic, payload, recv_ms)
+        self.coalescer.add(topic, payload, recv_ms)
         if len(self.builder.idx) >= self.max_readings:  # no Python-level __len__ per message
             self.flush()
 
@@ -97,6 +99,7 @@ class Pipeline:
 
     def flush(self) -> None:
         """Run whatever the decoder has collected; count the file writes done meanwhile."""
+        self.coalescer.flush()
         if len(self.builder):
             self.process(self.builder.take())
         self._count_writes()

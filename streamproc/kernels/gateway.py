@@ -238,7 +238,7 @@ def _pair_hash(buf: np.ndarray, ds: int, de: int, dev: np.ndarray, ms: int, me: 
 
 
 @kernel
-def _find(
+def find(
     buf: np.ndarray,
     ds: int,
     de: int,
@@ -287,6 +287,7 @@ def scan(
     buf: np.ndarray,
     dev: np.ndarray,
     has_dev: bool,
+    messages: int,
     recv_ms: int,
     lo_ms: int,
     hi_ms: int,
@@ -305,7 +306,10 @@ def scan(
     (FALLBACK, 0, 0).
 
     ``dev``: the topic's device bytes (``has_dev`` False if the topic has none); times must
-    lie in [lo_ms, hi_ms]; ``recv_ms`` is the time of entries that carry none. Outputs:
+    lie in [lo_ms, hi_ms]; ``recv_ms`` is the time of entries that carry none. ``messages``
+    > 0: the array holds that many messages coalesced (``streamproc.coalesce``), one entry
+    each; another number of entries, or an entry without its own ``ts`` or without a metric
+    (which the general decoder would time or count apart), falls back. Outputs:
     ``out_idx``, ``out_ts``, ``out_val`` (room for ``len(buf) // 5 + 1`` readings) and, on a
     MISS, the device and metric spans of up to ``len(miss)`` unknown pairs in ``miss``
     (rows ``ds, de, ms, me``; ``ds`` TOPIC_DEVICE for the topic's device). ``met`` is scratch
@@ -347,6 +351,7 @@ def scan(
         return FALLBACK, 0, 0
     i = _ws(buf, i + 1)
     count = 0
+    entries = 0
     misses = 0
     if i < n and buf[i] == 93:
         return FALLBACK, 0, 0  # no entry: the general decoder says how
@@ -398,9 +403,12 @@ def scan(
                     break
         if k > 0 and ds == NO_DEVICE:
             return FALLBACK, 0, 0
+        if messages > 0 and (k == 0 or not seen & (1 << _TS)):
+            return FALLBACK, 0, 0
+        entries += 1
         for j in range(k):
             ms, me = met[j, 0], met[j, 1]
-            c = _find(buf, ds, de, dev, ms, me, slots, ent_hash, ent_ch, off, keys)
+            c = find(buf, ds, de, dev, ms, me, slots, ent_hash, ent_ch, off, keys)
             if c < 0:
                 if misses < len(miss):
                     miss[misses, 0], miss[misses, 1] = ds, de
@@ -420,7 +428,7 @@ def scan(
         if i >= n or buf[i] != 125:  # "readings" must be the object's last key
             return FALLBACK, 0, 0
         i += 1
-    if _ws(buf, i) != n:
+    if _ws(buf, i) != n or (messages > 0 and entries != messages):
         return FALLBACK, 0, 0
     if misses > 0:
         return MISS, 0, misses
@@ -433,14 +441,15 @@ def warm_up() -> None:
     """Compile ``scan`` and the table's kernels (or load them from the numba cache) with the
     argument types the decoder passes: the payload and device bytes are read-only views."""
     buf = np.frombuffer(b'{"ts": 0, "readings": [{"device": "d", "m": 1.5}]}', np.uint8)
-    key = np.frombuffer(b"d\0m", np.uint8)
+    pair = np.frombuffer(b"d\0m", np.uint8)
     slots = np.full(2, -1, np.int32)
-    ent_hash = np.array([key_hash(key)])
-    key = key.copy()
+    ent_hash = np.array([key_hash(pair)])
+    key = pair.copy()
     table_insert(slots, ent_hash, 0, 0)
     n = len(buf)
+    find(pair, 0, 1, buf[:0], 2, 3, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]), key)
     scan(
-        buf, buf[:0], False, 0, 0, 0, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]),
+        buf, buf[:0], False, 0, 0, 0, 0, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]),
         key, np.empty((MAX_METRICS, 2), np.int64), np.empty(n, np.int32), np.empty(n, np.int64),
         np.empty(n), np.empty((1, 4), np.int64),
     )  # fmt: skip

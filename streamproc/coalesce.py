@@ -1,0 +1,90 @@
+"""Small messages decoded together: one compiled scan per batch instead of a Python decode per
+message, for the common stream of one JSON object per device and report.
+
+A topic qualifies once a message on it has been decoded into readings and its pattern names a
+device and no metric (``city/{group}/{kind}/{device}``). A later message on it whose payload is
+a JSON object under ``gateway.MIN_BYTES`` waits in ``pending``. ``flush`` (before every batch,
+and every ``MAX_PENDING`` messages) writes the waiting messages as one JSON array, each object
+with the topic's device spliced in as its first key (``{"device":"d",`` + the payload after its
+``{``), and hands it to the gateway scan with the earliest receive time. If the scan reads every
+message exactly (each with its own integer ``ts`` and at least one metric, nothing the general
+decoder would drop or count apart), their readings go to the builder in one copy and each
+message counts OK. Otherwise every waiting message is decoded the general way, in order, with
+its own receive time: either way the readings and the counts are those of ``Decoder.decode``
+message by message. A message that cannot wait is decoded after the waiting ones, so readings
+keep their arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from streamproc.counters import OK
+from streamproc.decode import TOPIC_CACHE_MAX, TOPIC_CACHE_MAX_LEN, Decoder
+from streamproc.gateway import MIN_BYTES
+from streamproc.topics import valid_id
+
+log = logging.getLogger("streamproc")
+
+MAX_PENDING = 1024  # messages waiting at most; then they are decoded
+
+
+class Coalescer:
+    def __init__(self, decoder: Decoder):
+        self.decoder = decoder
+        self.max_bytes = min(MIN_BYTES, decoder.max_payload_bytes + 1)
+        # topic -> the bytes spliced before its payloads; b"" if the topic does not qualify
+        self.prefixes: dict[str, bytes] = {}
+        self.pending: list[tuple[bytes, bytes, str, int]] = []  # prefix, payload, topic, recv
+        self.coalesced = 0  # messages the scan decoded together
+
+    def add(self, topic: str, payload: bytes, recv_ms: int) -> None:
+        """Take one MQTT message: keep it for ``flush``, or decode it now."""
+        prefix = self.prefixes.get(topic)
+        if prefix and len(payload) < self.max_bytes and payload[:1] == b"{":
+            self.pending.append((prefix, payload, topic, recv_ms))
+            if len(self.pending) >= MAX_PENDING:
+                self.flush()
+            return
+        if self.pending:
+            self.flush()
+        builder = self.decoder.builder
+        n0 = len(builder.idx)
+        self.decoder.decode(topic, payload, recv_ms)
+        if prefix is None and len(builder.idx) > n0 and len(topic) <= TOPIC_CACHE_MAX_LEN:
+            if len(self.prefixes) >= TOPIC_CACHE_MAX:
+                self.prefixes.clear()
+            prefix = self.prefixes[topic] = self._prefix(topic)
+            if prefix:  # the scan's table learns the channels now, not after a MISS
+                self.decoder.gateway.know(set(builder.idx[n0:]))
+
+    def flush(self) -> None:
+        """Decode the waiting messages into the builder."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        decoder = self.decoder
+        entries = b"[" + b",".join([p + payload[1:] for p, payload, _, _ in pending]) + b"]"
+        try:
+            recv_ms = min(m[3] for m in pending)
+            done = decoder.gateway.scan_messages(entries, len(pending), recv_ms, decoder.builder)
+        except Exception:  # a bug, not bad input: the general way decodes them all the same
+            log.exception("internal error while scanning %d messages together", len(pending))
+            decoder.internal_errors += 1
+            done = False
+        if done:
+            decoder.counters.messages[OK] += len(pending)
+            self.coalesced += len(pending)
+            return
+        for _, payload, topic, recv_ms in pending:
+            decoder.decode(topic, payload, recv_ms)
+        decoder.gateway.learn()
+
+    def _prefix(self, topic: str) -> bytes:
+        fields = self.decoder.topic_fields(topic)
+        if isinstance(fields, str) or fields[3] is not None:
+            return b""
+        device = fields[2]
+        if device is None or not valid_id(device):  # a valid id needs no escape in JSON
+            return b""
+        return b'{"device":"' + device.encode() + b'",'
