@@ -11,14 +11,18 @@ message exactly (each with its own integer ``ts`` and at least one metric, nothi
 decoder would drop or count apart), their readings go to the builder in one copy and each
 message counts OK. Otherwise every waiting message is decoded the general way, in order, with
 its own receive time: either way the readings and the counts are those of ``Decoder.decode``
-message by message. A message that cannot wait is decoded after the waiting ones, so readings
-keep their arrival order.
+message by message. The topic of the message the scan stopped at no longer qualifies (a
+device that sends float times or the odd NaN takes the general way from then on, instead of
+sending a batch there every time). A message that cannot wait is decoded after the waiting
+ones, so readings keep their arrival order.
 """
 
 from __future__ import annotations
 
 import logging
+from array import array
 
+from streamproc.batch import BatchBuilder
 from streamproc.counters import OK
 from streamproc.decode import TOPIC_CACHE_MAX, TOPIC_CACHE_MAX_LEN, Decoder
 from streamproc.gateway import MIN_BYTES
@@ -54,9 +58,7 @@ class Coalescer:
         if prefix is None and len(builder.idx) > n0 and len(topic) <= TOPIC_CACHE_MAX_LEN:
             if len(self.prefixes) >= TOPIC_CACHE_MAX:
                 self.prefixes.clear()
-            prefix = self.prefixes[topic] = self._prefix(topic)
-            if prefix:  # the scan's table learns the channels now, not after a MISS
-                self.decoder.gateway.know(set(builder.idx[n0:]))
+            self.prefixes[topic] = self._qualify(topic, payload, recv_ms, builder.idx[n0:])
 
     def flush(self) -> None:
         """Decode the waiting messages into the builder."""
@@ -71,6 +73,7 @@ class Coalescer:
         except Exception:  # a bug, not bad input: the general way decodes them all the same
             log.exception("internal error while scanning %d messages together", len(pending))
             decoder.internal_errors += 1
+            decoder.gateway.fell_back_at = -1
             done = False
         if done:
             decoder.counters.messages[OK] += len(pending)
@@ -79,12 +82,24 @@ class Coalescer:
         for _, payload, topic, recv_ms in pending:
             decoder.decode(topic, payload, recv_ms)
         decoder.gateway.learn()
+        j = decoder.gateway.fell_back_at
+        if 0 <= j < len(pending):  # that topic's messages will not wait again
+            self.prefixes[pending[j][2]] = b""
 
-    def _prefix(self, topic: str) -> bytes:
+    def _qualify(self, topic: str, payload: bytes, recv_ms: int, channels: array[int]) -> bytes:
+        """The prefix of a topic whose first message gave readings, or b"" if its messages
+        are not to wait: the topic names no device or a metric, or the scan cannot read the
+        message (float times, say)."""
         fields = self.decoder.topic_fields(topic)
         if isinstance(fields, str) or fields[3] is not None:
             return b""
         device = fields[2]
         if device is None or not valid_id(device):  # a valid id needs no escape in JSON
             return b""
-        return b'{"device":"' + device.encode() + b'",'
+        prefix = b'{"device":"' + device.encode() + b'",'
+        gateway = self.decoder.gateway
+        gateway.know(set(channels))  # the scan's table learns them now, not after a MISS
+        trial = BatchBuilder()
+        if not gateway.scan_messages(b"[" + prefix + payload[1:] + b"]", 1, recv_ms, trial):
+            return b""
+        return prefix

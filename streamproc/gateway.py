@@ -45,6 +45,7 @@ class GatewayScan:
         self.decided = 0  # messages the scan decoded
         self._dev: dict[str | None, np.ndarray] = {}
         self.missed: tuple[bytes, np.ndarray, int] | None = None  # of the last scan
+        self.fell_back_at = -1  # the last scan's entry that made it fall back (-1: none)
 
     def scan(self, payload: bytes, device: str | None, recv_ms: int, out: BatchBuilder) -> bool:
         """Append the payload's readings to ``out`` and return True, or return False (nothing
@@ -77,6 +78,7 @@ class GatewayScan:
             self.slots, self.ent_hash, self.ent_ch, self.off, self.keys, self.met,
             self.out_idx, self.out_ts, self.out_val, self.miss,
         )  # fmt: skip
+        self.fell_back_at = n if status == gk.FALLBACK else -1
         if status == gk.OK:
             out.extend(self.out_idx[:n], self.out_ts[:n], self.out_val[:n])
             return True

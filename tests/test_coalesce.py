@@ -181,3 +181,21 @@ def test_the_warm_up_compiles_what_the_coalescer_calls() -> None:
     pair.check()
     assert pair.coalescer.coalesced == 9
     assert len(gk.scan.signatures) == len(gk.find.signatures) == 1
+
+
+def test_a_topic_that_makes_the_scan_fall_back_stops_waiting() -> None:
+    """st1 sends float times, which the scan does not read: after one batch decoded the
+    general way, its messages no longer wait, and st2's are scanned again. Had its first
+    message had a float time, they would never have waited."""
+    for first in (report(TS, pm25=0), report(T0 + 0.5, pm25=0)):
+        pair = Pair()
+        pair.send("city/north/air/st1", first)
+        pair.send("city/north/air/st2", report(TS, pm25=1))
+        for i in range(1, 6):
+            pair.send("city/north/air/st2", report(TS + 1000 * i, pm25=i))
+            pair.send("city/north/air/st1", report(T0 + i + 0.5, pm25=i))
+            pair.send("city/north/air/st2", report(TS + 1000 * i + 1, pm25=i))
+            pair.coalescer.flush()
+        pair.check()
+        assert pair.coalescer.prefixes["city/north/air/st1"] == b""
+        assert pair.coalescer.coalesced == (8 if first.startswith(b'{"ts":%d' % TS) else 10)

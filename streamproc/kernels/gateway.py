@@ -303,7 +303,7 @@ def scan(
     miss: np.ndarray,
 ) -> tuple[int, int, int]:
     """Scan the gateway payload ``buf`` (uint8) -> (OK, readings, 0), (MISS, 0, misses) or
-    (FALLBACK, 0, 0).
+    (FALLBACK, entries read whole before the one that made it fall back, 0).
 
     ``dev``: the topic's device bytes (``has_dev`` False if the topic has none); times must
     lie in [lo_ms, hi_ms]; ``recv_ms`` is the time of entries that carry none. ``messages``
@@ -316,9 +316,10 @@ def scan(
     (MAX_METRICS rows of 2).
     """
     n = len(buf)
+    entries = 0
     i = _ws(buf, 0)
     if recv_ms < lo_ms or recv_ms > hi_ms:
-        return FALLBACK, 0, 0
+        return FALLBACK, entries, 0
     ts0 = recv_ms
     in_object = i < n and buf[i] == 123
     ds0 = TOPIC_DEVICE if has_dev else NO_DEVICE
@@ -329,35 +330,34 @@ def scan(
         while True:
             e = _string_end(buf, i)
             if e < 0:
-                return FALLBACK, 0, 0
+                return FALLBACK, entries, 0
             code = _key_code(buf, i + 1, e - 1)
             i = _ws(buf, e)
             if i >= n or buf[i] != 58 or code in (_METRIC, _OTHER):
-                return FALLBACK, 0, 0
+                return FALLBACK, entries, 0
             if seen & (1 << code):
-                return FALLBACK, 0, 0
+                return FALLBACK, entries, 0
             seen |= 1 << code
             i = _ws(buf, i + 1)
             if code == _READINGS:
                 break
             e, ts0, ds0, de0 = _field(buf, i, code, lo_ms, hi_ms, ts0, ds0, de0)
             if e < 0:
-                return FALLBACK, 0, 0
+                return FALLBACK, entries, 0
             i = _ws(buf, e)
             if i >= n or buf[i] != 44:
-                return FALLBACK, 0, 0
+                return FALLBACK, entries, 0
             i = _ws(buf, i + 1)
     if i >= n or buf[i] != 91:  # the entries' array
-        return FALLBACK, 0, 0
+        return FALLBACK, entries, 0
     i = _ws(buf, i + 1)
     count = 0
-    entries = 0
     misses = 0
     if i < n and buf[i] == 93:
-        return FALLBACK, 0, 0  # no entry: the general decoder says how
+        return FALLBACK, entries, 0  # no entry: the general decoder says how
     while True:
         if i >= n or buf[i] != 123:
-            return FALLBACK, 0, 0
+            return FALLBACK, entries, 0
         i = _ws(buf, i + 1)
         ts = ts0
         ds, de = ds0, de0
@@ -369,43 +369,42 @@ def scan(
             while True:
                 e = _string_end(buf, i)
                 if e < 0:
-                    return FALLBACK, 0, 0
+                    return FALLBACK, entries, 0
                 s = i + 1
                 code = _key_code(buf, s, e - 1)
                 i = _ws(buf, e)
                 if i >= n or buf[i] != 58 or code in (_OTHER, _READINGS):
-                    return FALLBACK, 0, 0
+                    return FALLBACK, entries, 0
                 i = _ws(buf, i + 1)
                 if code == _METRIC:
                     for j in range(k):  # a repeated metric: the general decoder keeps the last
                         a, b = met[j, 0], met[j, 1]
                         if b - a == e - 1 - s and _same(buf, a, b, buf, s):
-                            return FALLBACK, 0, 0
+                            return FALLBACK, entries, 0
                     if k == MAX_METRICS:
-                        return FALLBACK, 0, 0
+                        return FALLBACK, entries, 0
                     end, _, _, v = _number(buf, i)
                     if end < 0:
-                        return FALLBACK, 0, 0
+                        return FALLBACK, entries, 0
                     met[k, 0], met[k, 1] = s, e - 1
                     out_val[count + k] = v
                     k += 1
                 else:
                     if seen & (1 << code):
-                        return FALLBACK, 0, 0
+                        return FALLBACK, entries, 0
                     seen |= 1 << code
                     end, ts, ds, de = _field(buf, i, code, lo_ms, hi_ms, ts, ds, de)
                     if end < 0:
-                        return FALLBACK, 0, 0
+                        return FALLBACK, entries, 0
                 i, closed = _after_value(buf, end, 125)
                 if i < 0:
-                    return FALLBACK, 0, 0
+                    return FALLBACK, entries, 0
                 if closed:
                     break
         if k > 0 and ds == NO_DEVICE:
-            return FALLBACK, 0, 0
+            return FALLBACK, entries, 0
         if messages > 0 and (k == 0 or not seen & (1 << _TS)):
-            return FALLBACK, 0, 0
-        entries += 1
+            return FALLBACK, entries, 0
         for j in range(k):
             ms, me = met[j, 0], met[j, 1]
             c = find(buf, ds, de, dev, ms, me, slots, ent_hash, ent_ch, off, keys)
@@ -420,20 +419,21 @@ def scan(
         count += k
         i, closed = _after_value(buf, i, 93)
         if i < 0:
-            return FALLBACK, 0, 0
+            return FALLBACK, entries, 0
+        entries += 1
         if closed:
             break
     if in_object:
         i = _ws(buf, i)
         if i >= n or buf[i] != 125:  # "readings" must be the object's last key
-            return FALLBACK, 0, 0
+            return FALLBACK, entries, 0
         i += 1
     if _ws(buf, i) != n or (messages > 0 and entries != messages):
-        return FALLBACK, 0, 0
+        return FALLBACK, entries, 0
     if misses > 0:
         return MISS, 0, misses
     if count == 0:
-        return FALLBACK, 0, 0
+        return FALLBACK, entries, 0
     return OK, count, 0
 
 
