@@ -61,30 +61,36 @@ class Coalescer:
             self.prefixes[topic] = self._qualify(topic, payload, recv_ms, builder.idx[n0:])
 
     def flush(self) -> None:
-        """Decode the waiting messages into the builder."""
+        """Decode the waiting messages into the builder (a lone one the general way: the
+        scan's call costs more than it saves)."""
         pending, self.pending = self.pending, []
-        if not pending:
-            return
-        decoder = self.decoder
-        entries = b"[" + b",".join([p + payload[1:] for p, payload, _, _ in pending]) + b"]"
-        try:
-            recv_ms = min(m[3] for m in pending)
-            done = decoder.gateway.scan_messages(entries, len(pending), recv_ms, decoder.builder)
-        except Exception:  # a bug, not bad input: the general way decodes them all the same
-            log.exception("internal error while scanning %d messages together", len(pending))
-            decoder.internal_errors += 1
-            decoder.gateway.fell_back_at = -1
-            done = False
-        if done:
-            decoder.counters.messages[OK] += len(pending)
+        scanned = len(pending) > 1
+        if scanned and self._scan(pending):
             self.coalesced += len(pending)
             return
         for _, payload, topic, recv_ms in pending:
-            decoder.decode(topic, payload, recv_ms)
-        decoder.gateway.learn()
-        j = decoder.gateway.fell_back_at
+            self.decoder.decode(topic, payload, recv_ms)
+        if scanned:  # after a MISS: the pairs the general way registered
+            self.decoder.gateway.learn()
+
+    def _scan(self, pending: list[tuple[bytes, bytes, str, int]]) -> bool:
+        """Scan the messages as one array: True if it read them all; if not, the topic of the
+        message it stopped at no longer qualifies."""
+        decoder, gateway = self.decoder, self.decoder.gateway
+        entries = b"[" + b",".join([p + payload[1:] for p, payload, _, _ in pending]) + b"]"
+        try:
+            recv_ms = min(m[3] for m in pending)
+            if gateway.scan_messages(entries, len(pending), recv_ms, decoder.builder):
+                decoder.counters.messages[OK] += len(pending)
+                return True
+        except Exception:  # a bug, not bad input: the general way decodes them all the same
+            log.exception("internal error while scanning %d messages together", len(pending))
+            decoder.internal_errors += 1
+            return False
+        j = gateway.fell_back_at
         if 0 <= j < len(pending):  # that topic's messages will not wait again
             self.prefixes[pending[j][2]] = b""
+        return False
 
     def _qualify(self, topic: str, payload: bytes, recv_ms: int, channels: array[int]) -> bytes:
         """The prefix of a topic whose first message gave readings, or b"" if its messages

@@ -111,11 +111,13 @@ def test_a_message_that_cannot_wait_comes_after_the_waiting_ones() -> None:
     pair = Pair()
     pair.send("city/north/air/st1", report(TS, pm25=1))
     pair.send("city/north/air/st1", report(TS + 1000, pm25=2))  # waits
-    pair.send("city/north/air/st1/pm25", b'{"ts":%d,"value":3}' % (TS + 2000))
-    pair.send("city/north/air/st1", report(TS + 3000, pm25=4))  # waits
+    pair.send("city/north/air/st1", report(TS + 2000, pm25=3))  # waits
+    pair.send("city/north/air/st1/pm25", b'{"ts":%d,"value":4}' % (TS + 3000))
+    pair.send("city/north/air/st1", report(TS + 4000, pm25=5))  # waits
+    pair.send("city/north/air/st1", report(TS + 5000, pm25=6))  # waits
     pair.check()
-    assert list(pair.together.builder.val) == [1, 2, 3, 4]
-    assert pair.coalescer.coalesced == 2
+    assert list(pair.together.builder.val) == [1, 2, 3, 4, 5, 6]
+    assert pair.coalescer.coalesced == 4
 
 
 def test_one_message_cannot_carry_readings_of_another_device() -> None:
@@ -155,6 +157,7 @@ def test_a_report_without_a_metric_is_empty() -> None:
     pair.send("city/north/air/st1", report(TS, pm25=1))
     pair.send("city/north/air/st1", report(TS + 1, pm25=2))
     pair.send("city/north/air/st1", report(TS + 2))
+    pair.send("city/north/air/st1", report(TS + 3, pm25=3))
     pair.check()
     assert pair.together.counters.messages["empty"] == 1
 
@@ -193,9 +196,11 @@ def test_a_topic_that_makes_the_scan_fall_back_stops_waiting() -> None:
         pair.send("city/north/air/st2", report(TS, pm25=1))
         for i in range(1, 6):
             pair.send("city/north/air/st2", report(TS + 1000 * i, pm25=i))
-            pair.send("city/north/air/st1", report(T0 + i + 0.5, pm25=i))
             pair.send("city/north/air/st2", report(TS + 1000 * i + 1, pm25=i))
+            pair.send("city/north/air/st1", report(T0 + i + 0.5, pm25=i))
+            pair.send("city/north/air/st2", report(TS + 1000 * i + 2, pm25=i))
+            pair.send("city/north/air/st2", report(TS + 1000 * i + 3, pm25=i))
             pair.coalescer.flush()
         pair.check()
         assert pair.coalescer.prefixes["city/north/air/st1"] == b""
-        assert pair.coalescer.coalesced == (8 if first.startswith(b'{"ts":%d' % TS) else 10)
+        assert pair.coalescer.coalesced == (16 if first.startswith(b'{"ts":%d' % TS) else 20)
