@@ -1,10 +1,11 @@
 """Small messages decoded together: one compiled scan per batch instead of a Python decode per
 message, for the common stream of one JSON object per device and report.
 
-A topic qualifies once a message on it has been decoded into readings and its pattern names a
-device and no metric (``city/{group}/{kind}/{device}``). A later message on it whose payload is
-a JSON object under ``gateway.MIN_BYTES`` waits in ``pending``. ``flush`` (before every batch,
-and every ``MAX_PENDING`` messages) writes the waiting messages as one JSON array, each object
+A topic qualifies once a message on it has been decoded into readings, its pattern names a
+device (a valid id) and no metric (``city/{group}/{kind}/{device}``), and the scan reads that
+message alone. A later message on it whose payload is a JSON object under ``gateway.MIN_BYTES``
+waits in ``pending``. ``flush`` (before every batch, and every ``MAX_PENDING`` messages) writes
+two or more waiting messages as one JSON array (a lone one is decoded the general way), each object
 with the topic's device spliced in as its first key (``{"device":"d",`` + the payload after its
 ``{``), and hands it to the gateway scan with the earliest receive time. If the scan reads every
 message exactly (each with its own integer ``ts`` and at least one metric, nothing the general
