@@ -107,10 +107,10 @@ class GatewayScan:
         way), unless they are in it."""
         for c in channels:
             names = self.registry.describe(c)
-            key = (names["device"] + "\0" + names["metric"]).encode()
-            k = np.frombuffer(key, np.uint8)
-            d = len(names["device"].encode())
-            table = (self.slots, self.ent_hash, self.ent_ch, self.off, self.keys)
+            device = names["device"].encode()
+            key = device + b"\0" + names["metric"].encode()
+            d, k = len(device), np.frombuffer(key, np.uint8)
+            table = (self.slots, self.ent_hash, self.ent_ch, self.off, self.keys)  # _add grows it
             if gk.find(k, 0, d, _NO_DEVICE, d + 1, len(k), *table) < 0:
                 self._add(key, c)
 
