@@ -1,7 +1,8 @@
 """Score streamproc (or a baseline) on the Numenta Anomaly Benchmark (NAB v1.1).
 
-    python benchmarks/eval_nab.py [--datasets PATH] [--detector streamproc|windowed_gaussian]
-                                  [-c CONFIG] [--out DIR]
+    python benchmarks/eval_nab.py [--datasets PATH] [-c CONFIG] [--out DIR]
+                                  [--detector streamproc|streamproc_alerts|windowed_gaussian]
+    python benchmarks/eval_nab.py --detector streamproc_alerts -c configs/nab.toml
     python benchmarks/eval_nab.py --results DIR     # re-score existing result files only
     python benchmarks/eval_nab.py --detector windowed_gaussian --digits 12 --out /tmp/nab12
 
@@ -18,7 +19,12 @@ published result files have them (Python 2's ``str(float)``): that rounds every 
 
 Detectors:
 * ``streamproc``: the real pipeline (``streaming.score_series``), default settings (or
-  ``-c CONFIG``) with one generic kind ``nab`` and metric ``value``;
+  ``-c CONFIG``) with one generic kind ``nab`` and metric ``value``; a reading's score is the
+  per-reading anomaly score of the kernels;
+* ``streamproc_alerts``: the same run, scored by the alerts it raises, as an operator sees
+  them: a reading's score is the opening score of the alerts that opened at it (the largest,
+  if several did), 0 elsewhere. A dropout alert opens between readings, at a sweep of the
+  event-time clock; it counts at the first reading from then on;
 * ``windowed_gaussian``: NAB's classic baseline, re-implemented: the score of a reading is
   ``1 - Q(|x - mean| / std)`` (Q the normal tail) against the mean and std of the window
   *before* it; the window grows to 6,400 readings and then moves 100 readings at a time.
@@ -42,7 +48,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.nab_score import Corpus, DataFile, ProfileResult, load_corpus, score_corpus
-from benchmarks.streaming import datasets_dir, eval_settings, score_series
+from benchmarks.streaming import (
+    datasets_dir,
+    eval_settings,
+    run_series,
+    score_series,
+    strictly_increasing,
+)
 from streamproc.config import Settings, load
 from streamproc.detect import warm_up
 
@@ -96,11 +108,26 @@ def _streamproc(f: DataFile, settings: Settings) -> np.ndarray:
     return score_series(f.ts_ms, f.values, settings, settings.channels.kinds[0], "value")
 
 
+def _streamproc_alerts(f: DataFile, settings: Settings) -> np.ndarray:
+    _, alerts = run_series(f.ts_ms, f.values, settings, settings.channels.kinds[0], "value")
+    ts = strictly_increasing(f.ts_ms)  # the times the pipeline saw
+    scores = np.zeros(len(f))
+    for a in alerts:
+        if a.event == "open":
+            i = min(int(np.searchsorted(ts, a.opened_at_ms)), len(f) - 1)
+            scores[i] = max(scores[i], a.score)
+    return scores
+
+
 def _gaussian(f: DataFile, settings: Settings) -> np.ndarray:
     return windowed_gaussian(f.values)
 
 
-DETECTORS: dict[str, Detector] = {"streamproc": _streamproc, "windowed_gaussian": _gaussian}
+DETECTORS: dict[str, Detector] = {
+    "streamproc": _streamproc,
+    "streamproc_alerts": _streamproc_alerts,
+    "windowed_gaussian": _gaussian,
+}
 
 
 # -- result files ----------------------------------------------------------------------------
@@ -222,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         cost = ""
     else:
         settings = eval_settings(args.kind, load(args.config))
-        if args.detector == "streamproc":
+        if args.detector.startswith("streamproc"):
             warm_up(settings)  # compile (or load) the kernels before the clock starts
         scores, seconds = run(
             corpus, args.detector, args.out / args.detector, settings, args.digits

@@ -258,6 +258,24 @@ class SeasonalParams:
 
 
 @dataclass(frozen=True)
+class LevelParams:
+    """Values outside the channel's long-run range: each value against an EWMA of the mean and
+    of the variance of all the channel's values so far (about the last ``1 / alpha``). A new
+    regime, a level never seen, or a sensor reading far outside anything it has read opens an
+    alert, and the alert holds while the values stay well outside; the range then widens to
+    take the new level in. Off by default: a channel with a daily cycle or a trend leaves any
+    long-run range now and then (NAB: benchmarks/RESULTS.md)."""
+
+    enabled: bool = False
+    alpha: float = 0.0002  # EWMA weight of one reading (the first readings: 1 / (n + 1))
+    z_open: float = 6.0  # |value - mean| in standard deviations
+    z_close: float = 4.5
+    z_critical: float = 12.0
+    min_readings: int = 64  # readings learnt before the rule can fire
+    min_std: float = 0.0  # floor under the learnt standard deviation, in the metric's unit
+
+
+@dataclass(frozen=True)
 class ThresholdParams:
     """Absolute limits with hysteresis; NaN (unset) disables a side."""
 
@@ -279,6 +297,7 @@ RULE_PARAMS: dict[str, type] = {
     "hampel": HampelParams,
     "cusum": CusumParams,
     "seasonal": SeasonalParams,
+    "level": LevelParams,
 }
 
 
@@ -505,6 +524,14 @@ def _validate(s: Settings) -> None:
                     raise ConfigError(key, "needs 0 <= z_close <= z_open <= z_critical <= clip")
                 _check_positive(f"{key}.z_open", p.z_open)
                 _check_positive(f"{key}.min_hours", p.min_hours, strict=False)
+                _check_positive(f"{key}.min_std", p.min_std, strict=False)
+            elif isinstance(p, LevelParams):
+                if not 0 < p.alpha <= 1:
+                    raise ConfigError(f"{key}.alpha", "must be > 0 and <= 1")
+                _check_positive(f"{key}.z_open", p.z_open)
+                if not 0 <= p.z_close <= p.z_open <= p.z_critical:
+                    raise ConfigError(key, "needs 0 <= z_close <= z_open <= z_critical")
+                _check_positive(f"{key}.min_readings", p.min_readings)
                 _check_positive(f"{key}.min_std", p.min_std, strict=False)
             elif isinstance(p, RateParams):
                 for side in ("max_rise_per_s", "max_fall_per_s"):

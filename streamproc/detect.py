@@ -83,6 +83,9 @@ def _state_spec(window: int) -> dict[str, tuple[type, tuple[int, ...], object]]:
         "cu_dev": (np.float64, (), 0.0),
         "cu_pos": (np.float64, (), 0.0),
         "cu_neg": (np.float64, (), 0.0),
+        "lv_n": (np.int32, (), 0),
+        "lv_mean": (np.float64, (), 0.0),
+        "lv_var": (np.float64, (), 0.0),
         "se_row": (np.int32, (), -1),
         "st": (np.int8, (N_RULES,), 0),
         "a_row": (np.int32, (), -1),
@@ -132,6 +135,7 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         hp = settings.rules["hampel"].for_channel(kind, metric)
         cu = settings.rules["cusum"].for_channel(kind, metric)
         se = settings.rules["seasonal"].for_channel(kind, metric)
+        lv = settings.rules["level"].for_channel(kind, metric)
         row = prm[p]
         row[bank.P_TH_ABOVE] = th.above
         row[bank.P_TH_CRIT_ABOVE] = th.critical_above
@@ -191,6 +195,13 @@ def build_params(settings: Settings, registry: Registry) -> np.ndarray:
         row[bank.P_SE_CLIP] = se.clip
         row[bank.P_SE_MIN_N] = se.min_hours
         row[bank.P_SE_MIN_STD] = se.min_std
+        row[bank.P_LV_ON] = lv.enabled
+        row[bank.P_LV_ALPHA] = lv.alpha
+        row[bank.P_LV_Z_OPEN] = lv.z_open
+        row[bank.P_LV_Z_CLOSE] = lv.z_close
+        row[bank.P_LV_Z_CRIT] = lv.z_critical
+        row[bank.P_LV_MIN_N] = lv.min_readings
+        row[bank.P_LV_MIN_STD] = lv.min_std
     return prm
 
 
@@ -330,6 +341,7 @@ class Detector:
                 s["ring"], s["pos"], s["cnt"], s["s1"], s["s2"], s["last_ts"], s["ival"],
                 s["fin_ts"], s["fin_prev_ts"], s["flat_n"], s["flat_t0"], s["flat_learnt"],
                 s["cu_n"], s["cu_base"], s["cu_dev"], s["cu_pos"], s["cu_neg"],
+                s["lv_n"], s["lv_mean"], s["lv_var"],
                 s["se_row"], se["se_mean"], se["se_dev"], se["se_w"], se["se_z"],
                 *self._alert_tables(),
                 s["agg_n"], s["agg_sum"], s["agg_min"], s["agg_max"], s["agg_last"],

@@ -21,6 +21,7 @@ from streamproc.kernels.rules import (
     R_DROPOUT,
     R_FLATLINE,
     R_HAMPEL,
+    R_LEVEL,
     R_NEIGHBOUR,
     R_RATE,
     R_SEASONAL,
@@ -96,6 +97,9 @@ class Chan:
     cu_dev: float = 0.0
     cu_pos: float = 0.0
     cu_neg: float = 0.0
+    lv_n: int = 0  # level: readings learnt, EWMA mean and variance
+    lv_mean: float = 0.0
+    lv_var: float = 0.0
     # seasonal: bin -> [mean, dev, weight] (stored as float32), smoothed z (float32)
     season: dict[int, list[float]] = field(default_factory=dict)
     se_z: float = 0.0
@@ -480,6 +484,24 @@ class Reference:
                     e = min(max(e, -se.clip * sd), se.clip * sd)
                 a = max(se.alpha * f, f / (w + f))
                 ch.season[b] = [f32(mean + a * e), f32(dev + a * (abs(e) - dev)), f32(w + f)]
+
+        lv = self.s.rules["level"].for_channel(kind, metric)
+        if lv.enabled:
+            if ch.lv_n == 0:
+                ch.lv_mean, ch.lv_var = xv, 0.0
+            else:
+                e = xv - ch.lv_mean
+                sd = max(math.sqrt(ch.lv_var), lv.min_std)
+                if ch.lv_n >= lv.min_readings and sd > 0:
+                    az = abs(e) / sd
+                    sc = ratio_score(az / lv.z_open)
+                    score = max(score, sc)
+                    sev = SEV_CRITICAL if az >= lv.z_critical else SEV_WARNING
+                    self.step(c, R_LEVEL, t, az >= lv.z_open, az >= lv.z_close, sev, sc, x, 0)
+                a = max(lv.alpha, 1.0 / (ch.lv_n + 1))
+                ch.lv_mean += a * e
+                ch.lv_var += a * (e * e - ch.lv_var)
+            ch.lv_n += 1
 
         ch.window.append(xv)
         ch.times.append(t)

@@ -50,6 +50,15 @@ SETTINGS_DICT = {
             "min_readings": 4,
             "overrides": {"traffic.flow": {"enabled": False}},
         },
+        "level": {
+            "enabled": True,
+            "alpha": 0.2,
+            "z_open": 2,
+            "z_close": 1,
+            "z_critical": 3,
+            "min_readings": 4,
+            "overrides": {"pipe.pressure": {"min_std": 5.0}, "air.pm25": {"enabled": False}},
+        },
         "seasonal": {
             "enabled": True,
             "utc_offset_h": -1,  # T0 is a Monday 00:00 UTC: a Sunday at first, locally
@@ -560,6 +569,22 @@ def test_cusum_finds_a_level_shift_and_a_slow_drift_but_not_noise():
     assert events and events[0][0] == EV_OPEN and 2000 < events[0][1] < 2400
     off = _rule_events({}, "pipe", "pressure", ts, shift, "cusum")
     assert off == []  # off by default
+
+
+def test_level_rule_reports_a_value_outside_the_long_run_range_once():
+    rng = np.random.default_rng(7)
+    n = 6000
+    ts = T0 + np.arange(n, dtype=np.int64) * 300_000  # one reading every five minutes
+    x = 50 + rng.normal(0, 1, n)
+    on = {"rules": {"level": {"enabled": True}}, "alerts": {"hold_s": 14400}}
+    assert _rule_events(on, "pipe", "flow", ts, x, "level") == []  # noise: nothing
+    jumped = x.copy()
+    jumped[1500] -= 12  # a single runaway value
+    jumped[3000:3200] += 10  # a new regime for 200 readings, then back
+    events = _rule_events(on, "pipe", "flow", ts, jumped, "level")
+    opens = [i for kind, i in events if kind == EV_OPEN]
+    assert opens == [1500, 3000]  # at the first reading outside the range, once each
+    assert _rule_events({}, "pipe", "flow", ts, jumped, "level") == []  # off by default
 
 
 def test_seasonal_rule_knows_rush_hour_from_congestion_at_night():

@@ -19,6 +19,7 @@ Per reading (channel c, time t, value x), in this order:
    - cusum: x against the channel's learnt level (EWMA), summed on each side (level shifts,
      drift);
    - seasonal: x against the learnt profile of its hour (weekday or weekend), smoothed;
+   - level: x against the channel's long-run mean and standard deviation (EWMAs);
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
 State is struct-of-arrays indexed by channel (alert state by [channel, rule]; an open
@@ -45,6 +46,7 @@ from streamproc.kernels.rules import (
     R_DROPOUT,
     R_FLATLINE,
     R_HAMPEL,
+    R_LEVEL,
     R_NEIGHBOUR,
     R_RATE,
     R_SEASONAL,
@@ -120,8 +122,15 @@ P_CU = P_CU_ON + 1  # first of the cusum rule's CUSUM block
     P_SE_MIN_N,
     P_SE_MIN_STD,
     P_SE_OFFSET_MS,
-) = range(P_CU + 8, P_CU + 18)
-N_PARAMS = P_CU + 18
+    P_LV_ON,
+    P_LV_ALPHA,
+    P_LV_Z_OPEN,
+    P_LV_Z_CLOSE,
+    P_LV_Z_CRIT,
+    P_LV_MIN_N,
+    P_LV_MIN_STD,
+) = range(P_CU + 8, P_CU + 25)
+N_PARAMS = P_CU + 25
 
 # a CUSUM block: offsets from its first column
 CS_ALPHA, CS_K, CS_H, CS_CLOSE, CS_CRIT, CS_CLIP, CS_MIN_N, CS_MIN_STD = range(8)
@@ -405,7 +414,7 @@ def _prefetch_rows(c, prof, last_ts, ival, st, pos, cnt, s1, s2, a_row, se_row,
 
 @kernel
 def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
-                    cu_n, cu_base, cu_dev, cu_pos, cu_neg, se_row, se_z,
+                    cu_n, cu_base, cu_dev, cu_pos, cu_neg, lv_n, lv_mean, lv_var, se_row, se_z,
                     a_row, a_sev, a_flap, a_since, a_last_open, a_peak, a_score):  # fmt: skip
     """Prefetch what channel c's rules will read, found from the state the first stage
     brought in: the ring's newest values, the enabled rules' arrays, the alert row."""
@@ -425,6 +434,10 @@ def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
         prefetch(cu_dev, c)
         prefetch(cu_pos, c)
         prefetch(cu_neg, c)
+    if prm[p, P_LV_ON] > 0:
+        prefetch(lv_n, c)
+        prefetch(lv_mean, c)
+        prefetch(lv_var, c)
     r = se_row[c]
     if r >= 0:
         prefetch(se_z, r)
@@ -443,7 +456,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                      prof, sib, prm, g,
                      ring, pos, cnt, s1, s2, last_ts, ival, fin_ts, fin_prev_ts,
                      flat_n, flat_t0, flat_learnt,
-                     cu_n, cu_base, cu_dev, cu_pos, cu_neg,
+                     cu_n, cu_base, cu_dev, cu_pos, cu_neg, lv_n, lv_mean, lv_var,
                      se_row, se_mean, se_dev, se_w, se_z,
                      st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak, a_score,
                      agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score,
@@ -472,8 +485,8 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                                agg_last_ts, agg_score)  # fmt: skip
             if i + ahead < stop:
                 _prefetch_rules(idx[i + ahead], prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
-                                cu_n, cu_base, cu_dev, cu_pos, cu_neg, se_row, se_z,
-                                a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
+                                cu_n, cu_base, cu_dev, cu_pos, cu_neg, lv_n, lv_mean, lv_var,
+                                se_row, se_z, a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
                                 a_score)  # fmt: skip
         c = idx[i]
         t = ts[i]
@@ -699,6 +712,31 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                 se_mean[r, sb] = mean + a * e
                 se_dev[r, sb] = dv + a * (abs(e) - dv)
                 se_w[r, sb] = w + f
+
+        # level: the value against the channel's long-run mean and standard deviation
+        if prm[p, P_LV_ON] > 0:
+            m = lv_n[c]
+            if m == 0:
+                lv_mean[c] = xv
+                lv_var[c] = 0.0
+            else:
+                e = xv - lv_mean[c]
+                sd = max(np.sqrt(lv_var[c]), prm[p, P_LV_MIN_STD])
+                if m >= prm[p, P_LV_MIN_N] and sd > 0:
+                    az = abs(e) / sd
+                    z_open = prm[p, P_LV_Z_OPEN]
+                    sc = _ratio_score(az / z_open)
+                    score = max(score, sc)
+                    sev = SEV_CRITICAL if az >= prm[p, P_LV_Z_CRIT] else SEV_WARNING
+                    ne = step_alert(c, R_LEVEL, t, az >= z_open, az >= prm[p, P_LV_Z_CLOSE], sev,
+                                    sc, x, 0, g, st, a_row, a_free, a_sev, a_flap, a_since,
+                                    a_last_open, a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts,
+                                    ev_opened, ev_peak, ev_score, ev_sev, ne)  # fmt: skip
+                a = max(prm[p, P_LV_ALPHA], 1.0 / (m + 1))
+                lv_mean[c] += a * e
+                lv_var[c] += a * (e * e - lv_var[c])
+            if m < 2_000_000_000:
+                lv_n[c] = m + 1
 
         # the window takes x; s1, s2 sum the changes between consecutive values in it
         k = pos[c]

@@ -10,6 +10,7 @@ RULES = (
     "hampel",
     "cusum",
     "seasonal",
+    "level",
 )
 (
     R_THRESHOLD,
@@ -21,6 +22,7 @@ RULES = (
     R_HAMPEL,
     R_CUSUM,
     R_SEASONAL,
+    R_LEVEL,
 ) = range(len(RULES))
 N_RULES = len(RULES)
 
