@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -38,6 +39,7 @@ from gmqtt.storage import PersistentStorage
 
 from streamproc.config import MqttSettings, parse_broker_url
 from streamproc.counters import RateLimitedLog
+from streamproc.sources.packets import read_packets
 
 log = logging.getLogger("streamproc.mqtt")
 PASSWORD_ENV = "STREAMPROC_MQTT_PASSWORD"
@@ -112,9 +114,19 @@ class _Inflight(PersistentStorage):
 
 
 class _Client(gmqtt.Client):
-    """gmqtt's client, with our backoff between its reconnect attempts."""
+    """gmqtt's client, with our backoff between its reconnect attempts; each connection reads
+    plain QoS 0 messages itself (``packets.read_packets``) and hands them to ``deliver``."""
 
     backoff: Backoff
+    deliver: MessageHandler
+    warn: RateLimitedLog
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super()._create_connection(*args, **kwargs)
+        connection._protocol._read_packet = functools.partial(
+            read_packets, connection._protocol, self.deliver, self.warn
+        )
+        return connection
 
     async def reconnect(self, delay: bool = False) -> None:
         self.reconnect_delay = self.backoff.next()
@@ -174,6 +186,8 @@ class MqttConnection:
         client = _Client(self.m.client_id or None, clean_session=self.m.clean_session,
                          persistent_storage=self.inflight, **kwargs)  # fmt: skip
         client.backoff = self.backoff
+        client.deliver = self.on_message
+        client.warn = self._warn
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
