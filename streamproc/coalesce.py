@@ -1,21 +1,22 @@
 """Small messages decoded together: one compiled scan per batch instead of a Python decode per
 message, for the common stream of one JSON object per device and report.
 
-A topic qualifies once a message on it has been decoded into readings, its pattern names a
-device (a valid id) and no metric (``city/{group}/{kind}/{device}``), and the scan reads that
-message alone. A later message on it whose payload is a JSON object under ``gateway.MIN_BYTES``
-waits in ``pending``. ``flush`` (before every batch, and every ``MAX_PENDING`` messages) writes
-two or more waiting messages as one JSON array (a lone one is decoded the general way), each object
-with the topic's device spliced in as its first key (``{"device":"d",`` + the payload after its
-``{``), and hands it to the gateway scan with the earliest receive time. If the scan reads every
-message exactly (each with its own integer ``ts`` and at least one metric, nothing the general
-decoder would drop or count apart), their readings go to the builder in one copy and each
-message counts OK. Otherwise every waiting message is decoded the general way, in order, with
-its own receive time: either way the readings and the counts are those of ``Decoder.decode``
-message by message. The topic of the message the scan stopped at no longer qualifies (a
-device that sends float times or the odd NaN takes the general way from then on, instead of
-sending a batch there every time). A message that cannot wait is decoded after the waiting
-ones, so readings keep their arrival order.
+A topic qualifies once a message on it that could wait (a JSON object under
+``gateway.MIN_BYTES``) has been decoded into readings, its pattern names a device (a valid id)
+and no metric (``city/{group}/{kind}/{device}``), and the scan reads that message alone. A later
+message on it that could wait does, in ``pending``; a large one (a gateway's batch) is decoded
+at once and leaves its topic unjudged. ``flush`` (before every batch, and every ``MAX_PENDING``
+messages) writes two or more waiting messages as one JSON array (a lone one is decoded the
+general way), each object with the topic's device spliced in as its first key
+(``{"device":"d",`` + the payload after its ``{``), and hands it to the gateway scan with the
+earliest receive time. If the scan reads every message exactly (each with its own integer ``ts``
+and at least one metric, nothing the general decoder would drop or count apart), their readings
+go to the builder in one copy and each message counts OK. Otherwise every waiting message is
+decoded the general way, in order, with its own receive time: either way the readings and the
+counts are those of ``Decoder.decode`` message by message. The topic of the message the scan
+stopped at no longer qualifies (a device that sends float times or the odd NaN takes the general
+way from then on, instead of sending a batch there every time). A message that cannot wait is
+decoded after the waiting ones, so readings keep their arrival order.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Coalescer:
     def add(self, topic: str, payload: bytes, recv_ms: int) -> None:
         """Take one MQTT message: keep it for ``flush``, or decode it now."""
         prefix = self.prefixes.get(topic)
-        if prefix and len(payload) < self.max_bytes and payload[:1] == b"{":
+        small = len(payload) < self.max_bytes and payload[:1] == b"{"
+        if prefix and small:
             self.pending.append((prefix, payload, topic, recv_ms))
             if len(self.pending) >= MAX_PENDING:
                 self.flush()
@@ -56,7 +58,7 @@ class Coalescer:
         builder = self.decoder.builder
         n0 = len(builder.idx)
         self.decoder.decode(topic, payload, recv_ms)
-        if prefix is None and len(builder.idx) > n0 and len(topic) <= TOPIC_CACHE_MAX_LEN:
+        if prefix is None and small and len(builder.idx) > n0 and len(topic) <= TOPIC_CACHE_MAX_LEN:
             if len(self.prefixes) >= TOPIC_CACHE_MAX:
                 self.prefixes.clear()
             self.prefixes[topic] = self._qualify(topic, payload, recv_ms, builder.idx[n0:])

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamproc.coalesce import MAX_PENDING, Coalescer
+from streamproc.gateway import MIN_BYTES
 from streamproc.kernels import gateway as gk
 from tests.fuzzing import PAYLOADS, RECV, T0, Harness
 
@@ -204,3 +205,22 @@ def test_a_topic_that_makes_the_scan_fall_back_stops_waiting() -> None:
         pair.check()
         assert pair.coalescer.prefixes["city/north/air/st1"] == b""
         assert pair.coalescer.coalesced == (16 if first.startswith(b'{"ts":%d' % TS) else 20)
+
+
+def test_a_gateway_batch_leaves_its_topic_unjudged() -> None:
+    """A large message never waits, so it does not judge its topic (nor teach the scan's table
+    its channels one by one, which cost a gateway stream most of its time): the topic's first
+    small report does."""
+    pair = Pair()
+    topic = "city/north/air/st1"
+    entries = [{"device": "st2", "ts": TS - 1000 * i, "pm25": i} for i in range(40, 0, -1)]
+    batch = json.dumps({"readings": entries}).encode()
+    assert len(batch) >= MIN_BYTES
+    pair.send(topic, batch)
+    assert topic not in pair.coalescer.prefixes
+    pair.send(topic, report(TS + 1000, pm25=1))
+    pair.send(topic, report(TS + 2000, pm25=2))  # waits
+    pair.send(topic, report(TS + 3000, pm25=3))  # waits
+    pair.check()
+    assert pair.coalescer.prefixes[topic]
+    assert pair.coalescer.coalesced == 2
