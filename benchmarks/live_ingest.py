@@ -17,7 +17,9 @@ acknowledge QoS 1 on arrival); ``--inflight`` sets mosquitto's ``max_inflight_me
 QoS 1 messages that may wait for a subscriber's acknowledgement (the daemon acknowledges only
 after its journal's fsync). The feed covers a whole simulated day in seconds, so it also writes one
 snapshot interval (three Parquet files) every few milliseconds: far more snapshot work than
-live traffic causes.
+live traffic causes. To measure another checkout, point ``PYTHONPATH`` at it and run from a
+directory that holds no ``streamproc/`` (the daemon starts as ``python -m streamproc.cli``,
+which puts the current directory first on ``sys.path``).
 """
 
 from __future__ import annotations
