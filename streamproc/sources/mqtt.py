@@ -33,13 +33,14 @@ from collections.abc import Callable
 from typing import Any
 
 import gmqtt
-from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.constants import MQTTCommands, MQTTv50, MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.mqtt.package import CommandWithMidPacket
 from gmqtt.storage import PersistentStorage
 
 from streamproc.config import MqttSettings, parse_broker_url
 from streamproc.counters import RateLimitedLog
-from streamproc.sources.packets import read_packets
+from streamproc.sources.packets import Held, read_packets
 
 log = logging.getLogger("streamproc.mqtt")
 PASSWORD_ENV = "STREAMPROC_MQTT_PASSWORD"
@@ -115,16 +116,18 @@ class _Inflight(PersistentStorage):
 
 class _Client(gmqtt.Client):
     """gmqtt's client, with our backoff between its reconnect attempts; each connection reads
-    plain QoS 0 messages itself (``packets.read_packets``) and hands them to ``deliver``."""
+    plain messages itself (``packets.read_packets``) and hands them to ``deliver`` (QoS 0) or
+    ``held`` (QoS 1, when the owner acknowledges them)."""
 
     backoff: Backoff
     deliver: MessageHandler
+    held: Held | None
     warn: RateLimitedLog
 
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
         connection = await super()._create_connection(*args, **kwargs)
         connection._protocol._read_packet = functools.partial(
-            read_packets, connection._protocol, self.deliver, self.warn
+            read_packets, connection._protocol, self.deliver, self.held, self.warn
         )
         return connection
 
@@ -187,6 +190,7 @@ class MqttConnection:
                          persistent_storage=self.inflight, **kwargs)  # fmt: skip
         client.backoff = self.backoff
         client.deliver = self.on_message
+        client.held = self._take_qos1 if self.hold_acks else None
         client.warn = self._warn
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -313,13 +317,15 @@ class MqttConnection:
         return self.connects, ids
 
     def ack(self, connection: int, ids: list[int]) -> None:
-        """Acknowledge ``ids`` if the connection they came on is still up."""
+        """Acknowledge ``ids`` if the connection they came on is still up: gmqtt's PUBACK
+        packets, written to the socket in one piece instead of one write each."""
         client = self.client
-        if client is None or not self.connected or connection != self.connects:
+        if client is None or not self.connected or connection != self.connects or not ids:
             return
-        send = client._package_handler._send_puback
-        for mid in ids:
-            send(mid)
+        protocol = client._connection._protocol
+        build = functools.partial(CommandWithMidPacket.build_package, MQTTCommands.PUBACK,
+                                  dup=False, proto_ver=protocol.proto_ver)  # fmt: skip
+        protocol.write_data(b"".join([build(mid) for mid in ids]))
 
     def remember(self, topic: str, payload: bytes) -> None:
         """Note a message taken (so that a redelivery of it is recognised)."""
@@ -329,9 +335,13 @@ class MqttConnection:
             recent.popitem(last=False)
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str, props: Any) -> None:
+        self._take_qos1(mid, topic, payload, bool(props.get("dup")))
+
+    def _take_qos1(self, mid: int, topic: str, payload: bytes, dup: bool) -> None:
+        """A QoS 1 message whose acknowledgement waits (``hold_acks``)."""
         if self.refuse_qos1:
             return
-        if props.get("dup") and hash((topic, payload)) in self.recent:
+        if dup and hash((topic, payload)) in self.recent:
             self.duplicates += 1
         else:
             self.on_message(topic, payload)
