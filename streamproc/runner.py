@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from streamproc import counters as C
 from streamproc import registry as R
 from streamproc.batch import Batch
 from streamproc.pipeline import Pipeline
-from streamproc.sources.replay import MessageChunk, TidyChunk, read_feed
+from streamproc.sources.replay import Chunk, MessageChunk, TidyChunk, read_feed
 from streamproc.topics import valid_id
 
 BAD_ID = -100  # a pair whose ids fail topics.valid_id
@@ -47,6 +49,30 @@ class Pacer:
         if delay > 0.02:
             self.before_sleep()
             time.sleep(delay)
+
+
+def read_ahead(path: Path, counters: C.Counters) -> Iterator[Chunk]:
+    """The feed's chunks (``read_feed``), each read on a thread of its own while the one before
+    runs through the kernels, which release the GIL: one chunk more in memory. The reading
+    thread counts malformed rows in counters of its own; a chunk's are added to ``counters``
+    when it is taken, so that only one thread ever writes them."""
+    mine = C.Counters()
+    chunks = read_feed(path, mine, tidy_rows=TIDY_CHUNK_ROWS)
+
+    def take() -> tuple[Chunk | None, Counter[str]]:
+        return next(chunks, None), mine.messages.copy()
+
+    added: Counter[str] = Counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="streamproc-read") as pool:
+        ahead = pool.submit(take)
+        while True:
+            chunk, seen = ahead.result()
+            counters.messages.update(seen - added)
+            added = seen
+            if chunk is None:
+                return
+            ahead = pool.submit(take)
+            yield chunk
 
 
 def tidy_batch(pipeline: Pipeline, chunk: TidyChunk) -> Batch:
@@ -105,7 +131,7 @@ def replay(
     pacer = Pacer(speed, pipeline.flush) if speed else None
     complete = True
     try:
-        for chunk in read_feed(path, pipeline.counters, tidy_rows=TIDY_CHUNK_ROWS):
+        for chunk in read_ahead(path, pipeline.counters):
             if deadline is not None and time.monotonic() >= deadline:
                 complete = False
                 break

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -11,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamproc import runner
 from streamproc.cli import main
+from streamproc.counters import MALFORMED, Counters
 from streamproc.sources import simulate as sim
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
@@ -173,3 +178,38 @@ def test_a_paced_replay_waits_within_a_large_chunk(tmp_path: Path) -> None:
     wall = time.monotonic() - t
     assert wall >= last_part_s / 6000.0 - 0.05
     assert p.counters.readings == n
+
+
+def test_the_next_chunk_is_read_while_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_ahead``: chunk i + 1 is read on another thread while the consumer still holds
+    chunk i; the rows the reading thread finds malformed are counted once each, in the
+    consumer's counters, by the time the chunk holding them is taken."""
+    feed = tmp_path / "feed.csv"
+    rows = [f"{T0 + i * 60_000},st1,pm25,{i}" for i in range(50)]
+    for i in (3, 27, 44):
+        rows[i] = f"not a time,st1,pm25,{i}"
+    feed.write_text("ts,device,metric,value\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr(runner, "TIDY_CHUNK_ROWS", 10)
+    reads: list[str] = []  # the thread that read each chunk
+    read = [threading.Event() for _ in range(5)]
+    real = runner.read_feed
+
+    def recording(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for chunk in real(*args, **kwargs):
+            read[len(reads)].set()
+            reads.append(threading.current_thread().name)
+            yield chunk
+
+    monkeypatch.setattr(runner, "read_feed", recording)
+    counters = Counters()
+    malformed = []
+    for i, chunk in enumerate(runner.read_ahead(feed, counters)):
+        malformed.append(counters.messages[MALFORMED])
+        if i == 0:
+            assert read[1].wait(5), "the second chunk was not read while the first was held"
+        assert len(chunk.ts_ms) == 10 - (i == 0) - (i == 2) - (i == 4)
+    assert len(reads) == 5
+    assert threading.main_thread().name not in reads
+    assert malformed == [1, 1, 2, 2, 3]
