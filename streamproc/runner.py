@@ -14,10 +14,11 @@ from streamproc import counters as C
 from streamproc import registry as R
 from streamproc.batch import Batch
 from streamproc.pipeline import Pipeline
-from streamproc.sources.replay import Chunk, MessageChunk, TidyChunk, read_feed
+from streamproc.sources.replay import Chunk, MessageChunk, Pair, TidyChunk, read_feed
 from streamproc.topics import valid_id
 
 BAD_ID = -100  # a pair whose ids fail topics.valid_id
+NEW = -101  # a pair not registered when its chunk was read
 # Rows per chunk of a columnar feed of readings: channels are resolved once per chunk, so a
 # large chunk spreads that over more readings (100k channels: 1M rows 3x faster than 64k,
 # about 100 MB more memory). A paced replay waits before every PACED_ROWS readings.
@@ -51,52 +52,67 @@ class Pacer:
             time.sleep(delay)
 
 
-def read_ahead(path: Path, counters: C.Counters) -> Iterator[Chunk]:
+def read_ahead(pipeline: Pipeline, path: Path) -> Iterator[tuple[Chunk, np.ndarray | None]]:
     """The feed's chunks (``read_feed``), each read on a thread of its own while the one before
-    runs through the kernels, which release the GIL: one chunk more in memory. The reading
-    thread counts malformed rows in counters of its own; a chunk's are added to ``counters``
-    when it is taken, so that only one thread ever writes them."""
+    runs through the kernels, which release the GIL (one chunk more in memory); with a tidy
+    chunk, its pairs' ``known_channels``. The reading thread counts malformed rows in counters
+    of its own; a chunk's are added to the pipeline's when it is taken, so that only one thread
+    ever writes them."""
     mine = C.Counters()
     chunks = read_feed(path, mine, tidy_rows=TIDY_CHUNK_ROWS)
 
-    def take() -> tuple[Chunk | None, Counter[str]]:
-        return next(chunks, None), mine.messages.copy()
+    def take() -> tuple[Chunk | None, np.ndarray | None, Counter[str]]:
+        chunk = next(chunks, None)
+        codes = known_channels(pipeline, chunk.pairs) if isinstance(chunk, TidyChunk) else None
+        return chunk, codes, mine.messages.copy()
 
     added: Counter[str] = Counter()
     with ThreadPoolExecutor(1, thread_name_prefix="streamproc-read") as pool:
         ahead = pool.submit(take)
         while True:
-            chunk, seen = ahead.result()
-            counters.messages.update(seen - added)
+            chunk, codes, seen = ahead.result()
+            pipeline.counters.messages.update(seen - added)
             added = seen
             if chunk is None:
                 return
             ahead = pool.submit(take)
-            yield chunk
+            yield chunk, codes
 
 
-def tidy_batch(pipeline: Pipeline, chunk: TidyChunk) -> Batch:
-    """Resolve a tidy chunk's (device, metric) pairs to channels once, then map rows with numpy.
-
-    Rows without a usable channel or value are counted as dropped, by reason. A registered
-    (device, metric) needs no id check (the registry holds valid ids only); each (kind, group)
-    is checked once per chunk.
-    """
-    reg = pipeline.registry
-    known = reg.index
+def known_channels(pipeline: Pipeline, pairs: list[Pair]) -> np.ndarray:
+    """Each (device, metric, kind, group) pair's channel if it is registered, BAD_ID if its kind
+    or group is not a valid id (checked once per chunk), else NEW. It only reads the registry,
+    which only grows (a channel keeps its index), so the read-ahead thread can run it."""
+    known = pipeline.registry.index
     default_kind = pipeline.settings.channels.kinds[0]
     checked: dict[tuple[str, str], bool] = {}  # (kind, group): few per chunk
-    codes = np.empty(len(chunk.pairs), np.int32)
-    for i, (device, metric, kind, group) in enumerate(chunk.pairs):
+    codes = np.empty(len(pairs), np.int32)
+    for i, (device, metric, kind, group) in enumerate(pairs):
         kind, group = kind or default_kind, group or "default"
         ok = checked.get((kind, group))
         if ok is None:
             ok = checked[kind, group] = valid_id(kind) and valid_id(group)
-        c = known.get((device, metric)) if ok else BAD_ID
-        if c is None:
-            valid = valid_id(device) and valid_id(metric)
-            c = reg.channel(device, metric, kind, group) if valid else BAD_ID
-        codes[i] = c
+        codes[i] = known.get((device, metric), NEW) if ok else BAD_ID
+    return codes
+
+
+def tidy_batch(pipeline: Pipeline, chunk: TidyChunk, codes: np.ndarray | None = None) -> Batch:
+    """Resolve a tidy chunk's pairs to channels once (``codes``: their ``known_channels``,
+    computed here if not given), registering the NEW ones, then map rows with numpy.
+
+    Rows without a usable channel or value are counted as dropped, by reason. A registered
+    (device, metric) needs no id check (the registry holds valid ids only).
+    """
+    if codes is None:
+        codes = known_channels(pipeline, chunk.pairs)
+    reg = pipeline.registry
+    default_kind = pipeline.settings.channels.kinds[0]
+    for i in np.flatnonzero(codes == NEW).tolist():  # in order of first appearance
+        device, metric, kind, group = chunk.pairs[i]
+        if valid_id(device) and valid_id(metric):
+            codes[i] = reg.channel(device, metric, kind or default_kind, group or "default")
+        else:
+            codes[i] = BAD_ID
     idx = codes[chunk.pair_code]
     for code, reason in _REFUSALS.items():
         pipeline.counters.drop(reason, int(np.count_nonzero(idx == code)), "in a tidy feed")
@@ -131,7 +147,7 @@ def replay(
     pacer = Pacer(speed, pipeline.flush) if speed else None
     complete = True
     try:
-        for chunk in read_ahead(path, pipeline.counters):
+        for chunk, codes in read_ahead(pipeline, path):
             if deadline is not None and time.monotonic() >= deadline:
                 complete = False
                 break
@@ -147,7 +163,7 @@ def replay(
                             break
                     message(topic, payload, ts)
             else:
-                batch = tidy_batch(pipeline, chunk)
+                batch = tidy_batch(pipeline, chunk, codes)
                 if pacer is None:
                     pipeline.readings(batch)
                 else:

@@ -16,7 +16,9 @@ import pytest
 
 from streamproc import runner
 from streamproc.cli import main
-from streamproc.counters import MALFORMED, Counters
+from streamproc.config import Settings
+from streamproc.counters import MALFORMED
+from streamproc.pipeline import Pipeline
 from streamproc.sources import simulate as sim
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
@@ -203,13 +205,21 @@ def test_the_next_chunk_is_read_while_one_runs(
             yield chunk
 
     monkeypatch.setattr(runner, "read_feed", recording)
-    counters = Counters()
-    malformed = []
-    for i, chunk in enumerate(runner.read_ahead(feed, counters)):
-        malformed.append(counters.messages[MALFORMED])
+    pipeline = Pipeline(Settings(), tmp_path / "out")
+    malformed, codes = [], []
+    for i, (chunk, known) in enumerate(runner.read_ahead(pipeline, feed)):
+        malformed.append(pipeline.counters.messages[MALFORMED])
         if i == 0:
             assert read[1].wait(5), "the second chunk was not read while the first was held"
         assert len(chunk.ts_ms) == 10 - (i == 0) - (i == 2) - (i == 4)
+        assert known is not None
+        codes.append(known.tolist())
+        assert runner.tidy_batch(pipeline, chunk, known).idx.tolist() == [0] * len(chunk.ts_ms)
+    pipeline.close()
     assert len(reads) == 5
     assert threading.main_thread().name not in reads
     assert malformed == [1, 1, 2, 2, 3]
+    # st1 is registered by the first chunk's tidy_batch, which may run before or after the
+    # second chunk's look-up: NEW there resolves to the same channel
+    assert codes[0] == [runner.NEW] and codes[1] in ([runner.NEW], [0])
+    assert codes[2:] == [[0]] * 3
