@@ -188,6 +188,13 @@ def test_a_failing_handler_is_logged_and_reading_goes_on(caplog: pytest.LogCaptu
     assert "ValueError: boom" in caplog.text
 
 
+async def until(ok: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a connection's state to change (the callbacks that change it run in the loop)."""
+    async with asyncio.timeout(timeout):
+        while not ok():
+            await asyncio.sleep(0.005)
+
+
 @pytest.mark.parametrize(("protocol", "hold"), [("5", False), ("5", True), ("3.1.1", True)])
 def test_a_connection_reads_plain_messages_itself(
     protocol: str, hold: bool, broker: Broker
@@ -232,10 +239,8 @@ def test_a_connection_reads_plain_messages_itself(
         for round_ in range(2):
             if round_:  # the broker drops us; gmqtt reconnects on a new protocol object
                 conn.client._connection._transport.abort()  # type: ignore[union-attr]
-                while conn.connected:
-                    await asyncio.sleep(0.01)
-            while not conn.subscribed:
-                await asyncio.sleep(0.01)
+                await until(lambda: not conn.connected)
+            await until(lambda: conn.subscribed)
             assert conn.client is not None
             assert conn.client._connection._protocol._read_packet.func is read_packets
             arrived.clear()

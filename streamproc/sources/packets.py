@@ -38,7 +38,7 @@ def read_packets(protocol: MQTTProtocol, deliver: Deliver, held: Held | None,
     if connection._handler.current_connection is not connection:
         return MQTTProtocol._read_packet(protocol, data)  # gmqtt drops what it reads
     v5 = int(protocol.proto_ver >= MQTTv50)  # bytes of property length in a plain PUBLISH
-    qos1 = 0x32 if held is not None else 0x30  # the PUBLISH types read here (dup, retain off)
+    qos1 = 0x32 if held is not None else 0x30  # a QoS 1 PUBLISH is read here only if held
     n = len(data)
     pos = 0
     delivered = False
