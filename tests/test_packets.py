@@ -13,6 +13,7 @@ import gmqtt
 import pytest
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.protocol import MQTTProtocol
+from gmqtt.mqtt.utils import pack_variable_byte_integer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,24 +26,15 @@ from tests.mosquitto import Broker
 Got = tuple[Any, ...]  # (topic, payload) from on_message; ("held", id, topic, payload, dup)
 
 
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _packet(cmd: int, body: bytes) -> bytes:
-    return bytes([cmd]) + _length(len(body)) + body
+    return bytes([cmd]) + pack_variable_byte_integer(len(body)) + body
 
 
 def publish(topic: bytes, payload: bytes, v5: bool, qos: int = 0, flags: int = 0,
             props: bytes = b"", mid: int = 7) -> bytes:  # fmt: skip
     body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
     if v5:
-        body += _length(len(props)) + props
+        body += pack_variable_byte_integer(len(props)) + props
     return _packet(0x30 | qos << 1 | flags, body + payload)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.package import Package
@@ -87,9 +88,9 @@ def read_packets(protocol: MQTTProtocol, deliver: Deliver, held: Held | None,
     return _done(connection, delivered, pos)
 
 
-def _done(connection: object, delivered: bool, read: int) -> int:
+def _done(connection: Any, delivered: bool, read: int) -> int:
     if delivered:  # what gmqtt notes per packet, for the keep-alive
         now = time.monotonic()
-        connection._last_data_in = now  # type: ignore[attr-defined]
-        connection._handler._last_msg_in = now  # type: ignore[attr-defined]
+        connection._last_data_in = now
+        connection._handler._last_msg_in = now
     return read
