@@ -23,3 +23,9 @@ OPTIONS: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy",
 def kernel(fn: F) -> F:
     """Compile ``fn`` with the project's numba options."""
     return cast(F, njit(**OPTIONS)(fn))
+
+
+def kernel_inline(fn: F) -> F:
+    """Compile ``fn`` into each kernel that calls it (numba's ``inline="always"``), for small
+    helpers on the per-reading path whose call would cost more than their body."""
+    return cast(F, njit(inline="always", **OPTIONS)(fn))
