@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from streamproc.batch import BatchBuilder
+from streamproc.channel_table import ChannelTable
 from streamproc.kernels import gateway as gk
 from streamproc.registry import Registry
 
@@ -36,12 +37,7 @@ class GatewayScan:
         self.out_val = np.empty(0, np.float64)
         self.miss = np.empty((MAX_MISSES, 4), np.int64)
         self.met = np.empty((gk.MAX_METRICS, 2), np.int64)
-        self.slots = np.full(1024, -1, np.int32)
-        self.ent_hash = np.empty(512, np.uint64)
-        self.ent_ch = np.empty(512, np.int32)
-        self.off = np.zeros(513, np.int64)
-        self.keys = np.empty(8192, np.uint8)
-        self.n = 0  # entries in the table
+        self.table = ChannelTable()
         self.decided = 0  # messages the scan decoded
         self._dev: dict[str | None, np.ndarray] = {}
         self.missed: tuple[bytes, np.ndarray, int] | None = None  # of the last scan
@@ -75,7 +71,7 @@ class GatewayScan:
         hi = min(self.hi_ms, recv_ms + self.future_ms)
         status, n, misses = gk.scan(
             buf, dev, has_dev, messages, recv_ms, self.lo_ms, hi,
-            self.slots, self.ent_hash, self.ent_ch, self.off, self.keys, self.met,
+            *self.table.arrays(), self.met,
             self.out_idx, self.out_ts, self.out_val, self.miss,
         )  # fmt: skip
         self.fell_back_at = n if status == gk.FALLBACK else -1
@@ -97,46 +93,15 @@ class GatewayScan:
             device = bytes(dev) if ds == gk.TOPIC_DEVICE else payload[ds:de]
             metric = payload[ms:me]
             c = self.registry.index.get((device.decode(), metric.decode()))
-            key = device + b"\0" + metric
-            if c is not None and key not in added:
-                added.add(key)
-                self._add(key, c)
+            if c is not None and (device, metric) not in added:
+                added.add((device, metric))
+                self.table.add(device, metric, c)
 
     def know(self, channels: Iterable[int]) -> None:
         """Add registered channels to the table (a device's first message, decoded the general
         way), unless they are in it."""
         for c in channels:
             names = self.registry.describe(c)
-            device = names["device"].encode()
-            key = device + b"\0" + names["metric"].encode()
-            d, k = len(device), np.frombuffer(key, np.uint8)
-            table = (self.slots, self.ent_hash, self.ent_ch, self.off, self.keys)  # _add grows it
-            if gk.find(k, 0, d, _NO_DEVICE, d + 1, len(k), *table) < 0:
-                self._add(key, c)
-
-    def _add(self, key: bytes, c: int) -> None:
-        k = np.frombuffer(key, np.uint8)
-        e = self.n
-        if e == len(self.ent_ch):
-            self.ent_hash = _grown(self.ent_hash, 2 * e)
-            self.ent_ch = _grown(self.ent_ch, 2 * e)
-            self.off = _grown(self.off, 2 * e + 1)
-        o = self.off[e]
-        if o + len(k) > len(self.keys):
-            self.keys = _grown(self.keys, 2 * (o + len(k)))
-        self.keys[o : o + len(k)] = k
-        self.off[e + 1] = o + len(k)
-        self.ent_hash[e] = gk.key_hash(k)
-        self.ent_ch[e] = c
-        self.n = e + 1
-        if 2 * self.n > len(self.slots):  # keep the table under half full
-            self.slots = np.full(2 * len(self.slots), -1, np.int32)
-            gk.table_insert(self.slots, self.ent_hash, 0, e)
-        else:
-            gk.table_insert(self.slots, self.ent_hash, e, e)
-
-
-def _grown(a: np.ndarray, size: int) -> np.ndarray:
-    new = np.empty(size, a.dtype)
-    new[: len(a)] = a
-    return new
+            device, metric = names["device"].encode(), names["metric"].encode()
+            if self.table.find(device, metric) < 0:
+                self.table.add(device, metric, c)

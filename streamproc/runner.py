@@ -9,12 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamproc import counters as C
 from streamproc import registry as R
 from streamproc.batch import Batch
+from streamproc.channel_table import ChannelTable
 from streamproc.pipeline import Pipeline
-from streamproc.sources.replay import Chunk, MessageChunk, Pair, TidyChunk, read_feed
+from streamproc.sources.replay import Chunk, MessageChunk, Pairs, TidyChunk, read_feed
 from streamproc.topics import valid_id
 
 BAD_ID = -100  # a pair whose ids fail topics.valid_id
@@ -55,15 +58,18 @@ class Pacer:
 def read_ahead(pipeline: Pipeline, path: Path) -> Iterator[tuple[Chunk, np.ndarray | None]]:
     """The feed's chunks (``read_feed``), each read on a thread of its own while the one before
     runs through the kernels, which release the GIL (one chunk more in memory); with a tidy
-    chunk, its pairs' ``known_channels``. The reading thread counts malformed rows in counters
-    of its own; a chunk's are added to the pipeline's when it is taken, so that only one thread
-    ever writes them."""
+    chunk, its pairs' ``known_channels``, from a channel table that this thread keeps. The
+    reading thread counts malformed rows in counters of its own; a chunk's are added to the
+    pipeline's when it is taken, so that only one thread ever writes them."""
     mine = C.Counters()
     chunks = read_feed(path, mine, tidy_rows=TIDY_CHUNK_ROWS)
+    table = ChannelTable()
 
     def take() -> tuple[Chunk | None, np.ndarray | None, Counter[str]]:
         chunk = next(chunks, None)
-        codes = known_channels(pipeline, chunk.pairs) if isinstance(chunk, TidyChunk) else None
+        codes = None
+        if isinstance(chunk, TidyChunk):
+            codes = known_channels(pipeline, table, chunk.pairs)
         return chunk, codes, mine.messages.copy()
 
     added: Counter[str] = Counter()
@@ -79,36 +85,38 @@ def read_ahead(pipeline: Pipeline, path: Path) -> Iterator[tuple[Chunk, np.ndarr
             yield chunk, codes
 
 
-def known_channels(pipeline: Pipeline, pairs: list[Pair]) -> np.ndarray:
+def known_channels(pipeline: Pipeline, table: ChannelTable, pairs: Pairs) -> np.ndarray:
     """Each (device, metric, kind, group) pair's channel if it is registered, BAD_ID if its kind
-    or group is not a valid id (checked once per chunk), else NEW. It only reads the registry,
-    which only grows (a channel keeps its index), so the read-ahead thread can run it."""
-    known = pipeline.registry.index
-    default_kind = pipeline.settings.channels.kinds[0]
-    checked: dict[tuple[str, str], bool] = {}  # (kind, group): few per chunk
-    codes = np.empty(len(pairs), np.int32)
-    for i, (device, metric, kind, group) in enumerate(pairs):
-        kind, group = kind or default_kind, group or "default"
-        ok = checked.get((kind, group))
-        if ok is None:
-            ok = checked[kind, group] = valid_id(kind) and valid_id(group)
-        codes[i] = known.get((device, metric), NEW) if ok else BAD_ID
+    or group is not a valid id, else NEW. ``table`` first takes the channels registered since
+    the last call; then the pairs are looked up in one compiled loop, and the ids of the few
+    distinct kinds and groups are checked. It only reads the registry, which only grows, so
+    the read-ahead thread can run it."""
+    table.follow(pipeline.registry)
+    codes = table.find_pairs(pairs.device, pairs.metric)
+    codes[codes < 0] = NEW
+    kind_ok = _valid_ids(pairs.kind, pipeline.settings.channels.kinds[0])
+    codes[~(kind_ok & _valid_ids(pairs.group, "default"))] = BAD_ID
     return codes
 
 
-def tidy_batch(pipeline: Pipeline, chunk: TidyChunk, codes: np.ndarray | None = None) -> Batch:
-    """Resolve a tidy chunk's pairs to channels once (``codes``: their ``known_channels``,
-    computed here if not given), registering the NEW ones, then map rows with numpy.
+def _valid_ids(names: pa.Array, default: str) -> np.ndarray:
+    """Per entry: whether it (``default`` where null) is a valid id."""
+    enc = pc.dictionary_encode(names)
+    ok = np.array([valid_id(v or default) for v in [*enc.dictionary.to_pylist(), None]])
+    return ok[pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)]
+
+
+def tidy_batch(pipeline: Pipeline, chunk: TidyChunk, codes: np.ndarray) -> Batch:
+    """Map a tidy chunk's rows to channels with numpy: ``codes`` are its pairs'
+    ``known_channels``; the NEW ones are registered here, in order of first appearance.
 
     Rows without a usable channel or value are counted as dropped, by reason. A registered
     (device, metric) needs no id check (the registry holds valid ids only).
     """
-    if codes is None:
-        codes = known_channels(pipeline, chunk.pairs)
     reg = pipeline.registry
     default_kind = pipeline.settings.channels.kinds[0]
-    for i in np.flatnonzero(codes == NEW).tolist():  # in order of first appearance
-        device, metric, kind, group = chunk.pairs[i]
+    new = np.flatnonzero(codes == NEW)
+    for i, (device, metric, kind, group) in zip(new.tolist(), chunk.pairs.take(new), strict=True):
         if valid_id(device) and valid_id(metric):
             codes[i] = reg.channel(device, metric, kind or default_kind, group or "default")
         else:
@@ -163,6 +171,7 @@ def replay(
                             break
                     message(topic, payload, ts)
             else:
+                assert codes is not None  # read_ahead looks up every tidy chunk's pairs
                 batch = tidy_batch(pipeline, chunk, codes)
                 if pacer is None:
                     pipeline.readings(batch)

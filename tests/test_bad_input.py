@@ -572,16 +572,18 @@ def test_tidy_rows_of_a_known_channel_still_need_a_valid_kind_and_group(tmp_path
     row with a bad kind or group is refused all the same, and a bad device is never registered."""
     import numpy as np
 
-    from streamproc.runner import tidy_batch
-    from streamproc.sources.replay import TidyChunk
+    from streamproc.channel_table import ChannelTable
+    from streamproc.runner import known_channels, tidy_batch
+    from streamproc.sources.replay import Pairs, TidyChunk
 
     p = Pipeline(Settings(), tmp_path)
+    table = ChannelTable()
 
     def run(pairs: list[tuple[str, str, str | None, str | None]]) -> list[int]:
         n = len(pairs)
         ts = np.arange(n, dtype=np.int64) + 1_700_000_000_000
-        chunk = TidyChunk(ts, np.ones(n), np.arange(n, dtype=np.int32), pairs, True, True)
-        return tidy_batch(p, chunk).idx.tolist()
+        chunk = TidyChunk(ts, np.ones(n), np.arange(n, dtype=np.int32), Pairs.of(pairs), True, True)
+        return tidy_batch(p, chunk, known_channels(p, table, chunk.pairs)).idx.tolist()
 
     assert run([("st1", "pm25", "air", "north")]) == [0]
     before = p.counters.dropped.get(cn.INVALID_ID, 0)

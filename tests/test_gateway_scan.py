@@ -195,7 +195,7 @@ def test_the_scan_decides_plain_gateway_messages_once_it_knows_the_channels() ->
         before = pair.scanned
         assert pair.send(GW, text.encode()) == "ok"
         assert pair.scanned == before + 1
-    assert pair.compiled.decoder.gateway.n == pair.compiled.registry.n
+    assert pair.compiled.decoder.gateway.table.n == pair.compiled.registry.n
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_the_channel_table_grows_with_the_registry() -> None:
         text = json.dumps([{"device": f"g{gw}d{i}", "pm25": i, "no2": i} for i in range(200)])
         pair.send(GW, text.encode())
         pair.send(GW, text.encode())
-    table = pair.compiled.decoder.gateway
+    table = pair.compiled.decoder.gateway.table
     assert pair.scanned == 30
     assert table.n == pair.compiled.registry.n == 12_000
     assert len(table.slots) >= 2 * table.n
@@ -250,7 +250,7 @@ def test_a_refused_channel_is_never_in_the_table() -> None:
     for _ in range(3):
         assert pair.send(GW, text) == "ok"
     assert pair.scanned == 0
-    assert pair.compiled.decoder.gateway.n == pair.compiled.registry.n == 8  # max_channels
+    assert pair.compiled.decoder.gateway.table.n == pair.compiled.registry.n == 8  # max_channels
 
 
 def _double(bits: int) -> float:

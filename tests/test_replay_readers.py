@@ -49,7 +49,7 @@ def readings(chunks: list[MessageChunk | TidyChunk]) -> list[tuple]:
         assert isinstance(c, TidyChunk)
         assert c.ts_ms.dtype == np.int64 and c.value.dtype == np.float64
         assert c.pair_code.dtype == np.int32
-        assert len(set(c.pairs)) == len(c.pairs)
+        assert len(set(c.pairs.to_list())) == len(c.pairs)
         kind = c.kind or [None] * len(c)
         group = c.group or [None] * len(c)
         cols = (c.ts_ms.tolist(), c.device, c.metric, kind, group, c.value.tolist())
@@ -134,16 +134,16 @@ def test_tidy_every_format(tmp_path: Path, suffix: str, chunk_rows: int) -> None
     assert readings(chunks) == [(t, d, m, k, g, v) for t, d, m, k, g, v in TIDY]
     assert counters.messages[MALFORMED] == 0
     assert chunks[-1].position == feed_size(path)
-    first = chunks[0]
-    assert first.pairs[0] == ("d0", "pm25", "air", "n")  # first appearance order
+    first = chunks[0].pairs.to_list()
+    assert first[0] == ("d0", "pm25", "air", "n")  # first appearance order
     assert (
-        first.pairs[: min(4, len(first.pairs))]
+        first[: min(4, len(first))]
         == [
             ("d0", "pm25", "air", "n"),
             ("d1", "no2", "air", "n"),
             ("d2", "pm25", "air", "s"),
             ("d3", "no2", "air", "s"),
-        ][: min(4, len(first.pairs))]
+        ][: min(4, len(first))]
     )
 
 
@@ -162,7 +162,7 @@ def test_tidy_without_kind_group_and_dictionary_columns(tmp_path: Path) -> None:
     (chunk,), _ = read(path)
     assert isinstance(chunk, TidyChunk)
     assert chunk.kind is None and chunk.group is None
-    assert chunk.pairs == [("x", "m", None, None), ("y", "m", None, None)]
+    assert chunk.pairs.to_list() == [("x", "m", None, None), ("y", "m", None, None)]
     assert chunk.pair_code.tolist() == [0, 1, 0]
     assert chunk.device == ["x", "y", "x"]
     assert chunk.value[0] == 1 and math.isnan(chunk.value[1]) and chunk.value[2] == 3
@@ -331,7 +331,7 @@ def test_tidy_malformed_rows(tmp_path: Path) -> None:
         (T0, "a", "m", "air", None, 1.0),
         (T0 + 1000, "a", "m", None, None, 2.0),
     ]
-    assert chunk.pairs == [("a", "m", "air", None), ("a", "m", None, None)]
+    assert chunk.pairs.to_list() == [("a", "m", "air", None), ("a", "m", None, None)]
     assert counters.messages[MALFORMED] == 3
 
 

@@ -14,8 +14,9 @@ without deciding anything, so the caller decodes the message the general way and
 outcome keeps its one definition. A (device, metric) not in the channel table is a MISS: the
 caller decodes the message the general way and then adds the channels it registered.
 
-Channel table: open addressing over ``slots`` (entry number or -1); entry ``e`` holds the FNV-1a
-hash of ``device + b"\\0" + metric``, its channel and its key bytes ``keys[off[e]:off[e + 1]]``.
+The channel table (``streamproc.channel_table``): open addressing over ``slots`` (entry number or
+-1); entry ``e`` holds the FNV-1a hash of ``device + b"\\0" + metric``, its channel and its key
+bytes ``keys[off[e]:off[e + 1]]``.
 """
 
 from __future__ import annotations
@@ -271,6 +272,27 @@ def find(
 
 
 @kernel
+def find_pairs(
+    dev_off: np.ndarray,
+    dev: np.ndarray,
+    met_off: np.ndarray,
+    met: np.ndarray,
+    slots: np.ndarray,
+    ent_hash: np.ndarray,
+    ent_ch: np.ndarray,
+    off: np.ndarray,
+    keys: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``find`` for each pair i: device ``dev[dev_off[i]:dev_off[i + 1]]``, metric
+    ``met[met_off[i]:met_off[i + 1]]``."""
+    for i in range(len(out)):
+        device = dev[dev_off[i] : dev_off[i + 1]]
+        out[i] = find(met, TOPIC_DEVICE, 0, device, met_off[i], met_off[i + 1],
+                      slots, ent_hash, ent_ch, off, keys)  # fmt: skip
+
+
+@kernel
 def table_insert(slots: np.ndarray, ent_hash: np.ndarray, first: int, last: int) -> None:
     """Put entries ``first..last`` (their hashes in ``ent_hash``) in ``slots``; the caller
     keeps the table under half full."""
@@ -448,6 +470,8 @@ def warm_up() -> None:
     table_insert(slots, ent_hash, 0, 0)
     n = len(buf)
     find(pair, 0, 1, buf[:0], 2, 3, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]), key)
+    find_pairs(np.array([0, 1]), pair[:1], np.array([0, 1]), pair[2:], slots, ent_hash,
+               np.zeros(1, np.int32), np.array([0, 3]), key, np.empty(1, np.int32))  # fmt: skip
     scan(
         buf, buf[:0], False, 0, 0, 0, 0, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]),
         key, np.empty((MAX_METRICS, 2), np.int64), np.empty(n, np.int32), np.empty(n, np.int64),

@@ -65,17 +65,42 @@ class MessageChunk:
 
 
 @dataclass
-class TidyChunk:
-    """Readings; row ``i`` belongs to ``pairs[pair_code[i]]``.
+class Pairs:
+    """Each (device, metric, kind, group) of a chunk once, in order of first appearance, as
+    string columns (no Python string per pair until one is asked for); kind and group are
+    null where missing or empty."""
 
-    ``pairs`` holds each (device, metric, kind, group) of the chunk once, in order of first
-    appearance; kind and group are None where missing or empty.
-    """
+    device: pa.Array
+    metric: pa.Array
+    kind: pa.Array
+    group: pa.Array
+
+    @staticmethod
+    def of(pairs: list[Pair]) -> Pairs:
+        columns = zip(*pairs, strict=True) if pairs else ((), (), (), ())
+        return Pairs(*(pa.array(list(c), pa.string()) for c in columns))
+
+    def __len__(self) -> int:
+        return len(self.device)
+
+    def take(self, rows: np.ndarray) -> list[Pair]:
+        """Pairs ``rows``, as tuples."""
+        at = pa.array(rows)
+        cols = (c.take(at).to_pylist() for c in (self.device, self.metric, self.kind, self.group))
+        return list(zip(*cols, strict=True))
+
+    def to_list(self) -> list[Pair]:
+        return self.take(np.arange(len(self)))
+
+
+@dataclass
+class TidyChunk:
+    """Readings; row ``i`` belongs to pair ``pair_code[i]`` of ``pairs``."""
 
     ts_ms: np.ndarray  # int64, event time
     value: np.ndarray  # float64, NaN where not numeric
     pair_code: np.ndarray  # int32, index into pairs
-    pairs: list[Pair]
+    pairs: Pairs
     has_kind: bool  # the feed has a kind column / key
     has_group: bool
     position: int = 0
@@ -84,7 +109,7 @@ class TidyChunk:
         return len(self.ts_ms)
 
     def _column(self, j: int) -> list:
-        names = [p[j] for p in self.pairs]
+        names = [p[j] for p in self.pairs.to_list()]
         return [names[c] for c in self.pair_code.tolist()]
 
     @property
@@ -490,7 +515,7 @@ def _codes(arr: pa.Array | pa.ChunkedArray, optional: bool) -> _Names:
     return codes, d, bad
 
 
-def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, list[Pair]]:
+def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, Pairs]:
     """Unique (device, metric, kind, group) per row -> (int32 codes, pairs by first appearance)."""
     cols = [names[c] for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL) if c in names]
     n = len(cols[0][0])
@@ -506,15 +531,14 @@ def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, list[Pair]]:
     top = np.maximum.accumulate(code)
     rows = np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1]))) if n else code
 
-    def column(c: str) -> list[str | None]:
+    def column(c: str) -> pa.Array:
         if c not in names:
-            return [None] * len(rows)
+            return pa.nulls(len(rows), pa.string())
         codes, d, _ = names[c]
         at = codes[rows]
-        return d.take(pa.array(at, mask=at < 0)).to_pylist()
+        return d.take(pa.array(at, mask=at < 0))
 
-    dev, met, kind, group = (column(c) for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL))
-    pairs: list[Pair] = list(zip(dev, met, kind, group, strict=True))  # type: ignore[arg-type]
+    pairs = Pairs(*(column(c) for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL)))
     return code.astype(np.int32), pairs
 
 
@@ -631,7 +655,7 @@ def _jsonl_chunks(path: Path, counters: Counters, chunk_rows: int) -> Iterator[C
                 np.array(ts, np.int64),
                 np.array(values, np.float64),
                 np.array(codes, np.int32),
-                list(pair_index),
+                Pairs.of(list(pair_index)),
                 seen["kind"],
                 seen["group"],
                 position,
