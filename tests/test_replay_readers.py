@@ -12,8 +12,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproc.counters import MALFORMED, Counters
+from streamproc.sources import replay
 from streamproc.sources.replay import (
     MessageChunk,
     TidyChunk,
@@ -21,6 +24,7 @@ from streamproc.sources.replay import (
     feed_unit,
     read_feed,
 )
+from streamproc.times import MS_CUTOFF
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 TOPICS = ["city/n/air/a1/pm25", "city/s/traffic/t1", "city/n/air/a2/no2"]
@@ -218,6 +222,54 @@ def test_parquet_ts_variants(tmp_path: Path, name: str, ts: pa.Array) -> None:
     expect = T0 if name in ("timestamp_s_tz", "int_s", "date") else T0 + 123
     assert chunk.ts_ms.tolist() == [expect]
     assert counters.messages[MALFORMED] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.integers(-(2**63), 2**63 - 1),
+            st.integers(-(10**15), 10**15),  # seconds and ms near the cut-off and the limit
+            st.sampled_from(
+                [MS_CUTOFF - 1, MS_CUTOFF, -MS_CUTOFF, 2**62 // 1000, 2**62 // 1000 - 1]
+            ),
+        ),
+        max_size=50,
+    )
+)
+def test_integer_ts_as_the_scalar_rule_reads_them(raw: list[int | None]) -> None:
+    """The compiled pass over an integer ts column reads each value as ``number_to_ms`` reads
+    it (seconds below the cut-off, else milliseconds), and as a float ts column would; nulls
+    and times 2**62 ms or more from the epoch are not ok."""
+    ms, ok = replay._ts_ms(pa.array(raw, pa.int64()))
+
+    def rule(v: int | None) -> int | None:
+        if v is None:
+            return None
+        m = v if abs(v) >= MS_CUTOFF else v * 1000
+        if abs(v) < 2**53:  # exact as a float: the scalar rule must agree
+            assert replay._number_ms(float(v)) == (m if abs(m) < 2**62 else None)
+        return m if abs(m) < 2**62 else None
+
+    expect = [rule(v) for v in raw]
+    assert ok.tolist() == [e is not None for e in expect]
+    assert ms.tolist() == [0 if e is None else e for e in expect]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=200), st.booleans())
+def test_dense_codes_follow_first_appearance(keys: list[int], hashed: bool) -> None:
+    """Both ways of ``_dense`` (a table of the key range, or hashing when the range is large)
+    number keys by first appearance and give each code's first row."""
+    card = 2**40 if hashed else 41
+    code, first, count = replay._dense(np.array(keys, np.int64), card)
+    order: dict[int, int] = {}
+    for k in keys:
+        order.setdefault(k, len(order))
+    assert code.tolist() == [order[k] for k in keys]
+    assert first.tolist() == [keys.index(k) for k in order]
+    assert count == len(order)
 
 
 def test_mixed_text_ts(tmp_path: Path) -> None:

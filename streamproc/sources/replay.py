@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from streamproc.counters import MALFORMED, Counters
+from streamproc.kernels.feed import epoch_ms, first_appearance
 from streamproc.times import MS_CUTOFF, MS_PER_S, number_to_ms, parse_rfc3339_ms
 
 MESSAGE_COLUMNS = ("ts", "topic", "payload")
@@ -349,9 +350,9 @@ def _ts_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         return ms.astype(np.int64), _valid(arr)
     if pa.types.is_integer(t):
         raw = pc.fill_null(arr.cast(pa.int64()), 0).to_numpy()
-        ok = _valid(arr) & (np.abs(raw) < MAX_ABS_MS // MS_PER_S)
-        ms = np.where(np.abs(raw) >= MS_CUTOFF, raw, raw * MS_PER_S)
-        return np.where(ok, ms, 0).astype(np.int64), ok
+        ms, ok = np.empty(len(raw), np.int64), np.empty(len(raw), bool)
+        epoch_ms(raw, _valid(arr), MAX_ABS_MS, ms, ok)
+        return ms, ok
     if pa.types.is_floating(t) or pa.types.is_decimal(t):
         return _numbers_to_ms(_floats(arr))
     if _is_text(t):
@@ -493,7 +494,8 @@ def _codes(arr: pa.Array | pa.ChunkedArray, optional: bool) -> _Names:
         if not _is_text(arr.type):
             arr = arr.cast(pa.string())
         arr = pc.dictionary_encode(arr)
-    codes = pc.fill_null(arr.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = pc.fill_null(arr.indices, -1).to_numpy(zero_copy_only=False)
+    codes = codes.astype(np.result_type(codes.dtype, np.int32), copy=False)  # room for codes + 1
     d = arr.dictionary
     invalid = np.zeros(len(d), bool)
     if not (pa.types.is_string(d.type) or pa.types.is_large_string(d.type)):
@@ -524,12 +526,12 @@ def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, Pairs]:
     for codes, d, _ in cols:
         size = len(d) + 1
         if card * size >= MAX_ABS_MS:
-            key, card = _dense(key)
-        key = key * size + (codes + 1)
+            key, _, card = _dense(key, card)
+        key *= size  # in place: no temporaries of a chunk's length
+        key += codes
+        key += 1
         card *= size
-    code, _ = _dense(key)  # codes in order of first appearance
-    top = np.maximum.accumulate(code)
-    rows = np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1]))) if n else code
+    code, rows, _ = _dense(key, card)
 
     def column(c: str) -> pa.Array:
         if c not in names:
@@ -542,10 +544,19 @@ def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, Pairs]:
     return code.astype(np.int32), pairs
 
 
-def _dense(key: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense codes 0.. for ``key`` in order of first appearance (hash based), and their count."""
+def _dense(key: np.ndarray, card: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Dense codes 0.. for ``key`` (0 <= key < card) in order of first appearance, the row of
+    each code's first appearance, and their count: through a table of ``card`` entries when
+    that is small against the keys, else hash based."""
+    if card <= 4 * len(key) + 1024:
+        out, first = np.empty(len(key), np.int64), np.empty(len(key), np.int64)
+        count = first_appearance(key, np.full(card, -1, np.int64), out, first)
+        return out, first[:count], count
     enc = pc.dictionary_encode(pa.array(key))
-    return enc.indices.to_numpy().astype(np.int64), len(enc.dictionary)
+    code = enc.indices.to_numpy().astype(np.int64)
+    top = np.maximum.accumulate(code)
+    first = np.flatnonzero(np.concatenate(([True], top[1:] > top[:-1]))) if len(code) else code
+    return code, first, len(enc.dictionary)
 
 
 # --- text formats: one record per line ------------------------------------------------------
