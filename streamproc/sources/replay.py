@@ -289,8 +289,9 @@ def _arrow_chunk(
         if c in batch.schema.names
     }
     for c, (codes, _, bad) in names.items():
-        what = "non-UTF-8" if c in TIDY_OPTIONAL else "missing, empty or non-UTF-8"
-        checks.append((~bad[codes], f"{what} {c}"))
+        if bad[:-1].any() or (bad[-1] and len(codes) and codes.min() < 0):  # else: all good
+            what = "non-UTF-8" if c in TIDY_OPTIONAL else "missing, empty or non-UTF-8"
+            checks.append((~bad[codes], f"{what} {c}"))
     keep = _count_bad(counters, checks, name, first_row)
     value = _values(batch.column("value"))
     if keep is not None:
