@@ -686,3 +686,29 @@ def test_selection_finds_every_order_statistic(values):
             buf = np.array(arr, copy=True)
             assert _kth(buf, len(buf), k) == want[k]
             assert sorted(buf) == list(want)  # a permutation of the input
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(-3, 3).map(float), st.floats(-1e3, 1e3, allow_nan=False, width=32)),
+        min_size=3,
+        max_size=64,
+    ),
+    st.sampled_from([0.0, 0.5, 2.0]),
+    st.integers(0, 63),
+)
+def test_change_spread_is_the_reference_exactly(values, min_std, pos):
+    """The hampel rule's median and spread of a window's changes, with the MAD's selection
+    skipped where it cannot matter, equal the reference's bit for bit (ring at any position)."""
+    from streamproc.kernels.bank import _change_spread
+    from tests.reference import change_spread
+
+    window = 64
+    w = np.array(values, np.float32)
+    ring = np.zeros((1, window), np.float32)
+    for i, v in enumerate(w):  # the oldest at pos - len(w), the next write at pos
+        ring[0, (pos - len(w) + i) % window] = v
+    buf = np.empty(2 * window)
+    got = _change_spread(ring, 0, pos, len(w), window, buf, min_std)
+    assert got == change_spread([float(v) for v in w], min_std)

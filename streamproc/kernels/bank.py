@@ -351,8 +351,17 @@ def _change_spread(ring, c, pos, n, window, buf, min_std):
     for j in range(nd):
         buf[j] = abs(buf[nd + j] - med)
         sum_ad += buf[j]
-    mad = _kth(buf, nd, nd // 2)
-    return med, max(1.4826 * mad, 1.2533 * sum_ad / nd, min_std)
+    floor = max(1.2533 * sum_ad / nd, min_std)
+    # the MAD (the (nd // 2)-th smallest deviation) only matters if 1.4826 x MAD can exceed the
+    # floor: when more than nd // 2 deviations lie below floor / 1.4826 (less a margin far
+    # beyond rounding), it cannot, and its selection is skipped
+    r = floor / 1.4826 * (1.0 - 1e-9)
+    below = 0
+    for j in range(nd):
+        below += buf[j] < r
+    if below > nd // 2:
+        return med, floor
+    return med, max(1.4826 * _kth(buf, nd, nd // 2), floor)
 
 
 @kernel
