@@ -68,8 +68,9 @@ class MessageChunk:
 @dataclass
 class Pairs:
     """Each (device, metric, kind, group) of a chunk once, in order of first appearance, as
-    string columns (no Python string per pair until one is asked for); kind and group are
-    null where missing or empty."""
+    Arrow columns (no Python string per pair until one is asked for): device and metric as
+    strings; kind and group as strings or dictionary-encoded strings, null where missing or
+    empty."""
 
     device: pa.Array
     metric: pa.Array
@@ -539,7 +540,9 @@ def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, Pairs]:
             return pa.nulls(len(rows), pa.string())
         codes, d, _ = names[c]
         at = codes[rows]
-        return d.take(pa.array(at, mask=at < 0))
+        idx = pa.array(at, mask=at < 0)
+        # kind and group keep their few values as a dictionary: checked once per value
+        return pa.DictionaryArray.from_arrays(idx, d) if c in TIDY_OPTIONAL else d.take(idx)
 
     pairs = Pairs(*(column(c) for c in (*TIDY_COLUMNS[1:3], *TIDY_OPTIONAL)))
     return code.astype(np.int32), pairs
