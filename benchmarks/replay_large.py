@@ -84,6 +84,7 @@ def main() -> None:
                   f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
         cmd = [sys.executable, "-m", "streamproc.cli", "replay", str(feed), "-o", str(work / "out"),
                "--force"]  # fmt: skip
+        shutil.rmtree(work / "out", ignore_errors=True)  # a former run's output: not timed
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -117,14 +117,16 @@ def tidy_batch(pipeline: Pipeline, chunk: TidyChunk, codes: np.ndarray) -> Batch
     default_kind = pipeline.settings.channels.kinds[0]
     new = np.flatnonzero(codes == NEW)
     for i, (device, metric, kind, group) in zip(new.tolist(), chunk.pairs.take(new), strict=True):
-        if valid_id(device) and valid_id(metric):
-            codes[i] = reg.channel(device, metric, kind or default_kind, group or "default")
-        else:
-            codes[i] = BAD_ID
+        c = reg.index.get((device, metric))  # registered after the chunk was read
+        if c is None and valid_id(device) and valid_id(metric):
+            c = reg.channel(device, metric, kind or default_kind, group or "default")
+        codes[i] = BAD_ID if c is None else c
     idx = codes[chunk.pair_code]
+    finite = np.isfinite(chunk.value)
+    if idx.min(initial=0) >= 0 and finite.all():
+        return Batch(idx, chunk.ts_ms, chunk.value)
     for code, reason in _REFUSALS.items():
         pipeline.counters.drop(reason, int(np.count_nonzero(idx == code)), "in a tidy feed")
-    finite = np.isfinite(chunk.value)
     pipeline.counters.drop(C.INVALID_VALUE, int(np.count_nonzero(~finite & (idx >= 0))))
     keep = (idx >= 0) & finite
     return Batch(idx[keep], chunk.ts_ms[keep], chunk.value[keep])

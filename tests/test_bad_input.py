@@ -599,3 +599,22 @@ def test_tidy_rows_of_a_known_channel_still_need_a_valid_kind_and_group(tmp_path
     assert p.counters.dropped[cn.INVALID_ID] - before == 3
     assert p.registry.n == 1
     p.close()
+
+
+def test_tidy_rows_without_a_finite_value_are_dropped_and_counted(tmp_path: Path) -> None:
+    import numpy as np
+
+    from streamproc.channel_table import ChannelTable
+    from streamproc.runner import known_channels, tidy_batch
+    from streamproc.sources.replay import Pairs, TidyChunk
+
+    p = Pipeline(Settings(), tmp_path)
+    value = np.array([1.0, np.nan, np.inf, 2.0, -np.inf])
+    ts = np.arange(5, dtype=np.int64) + 1_700_000_000_000
+    pairs = Pairs.of([("st1", "pm25", "air", None), ("st2", "pm25", "air", None)])
+    chunk = TidyChunk(ts, value, np.array([0, 1, 0, 1, 1], np.int32), pairs, True, True)
+    batch = tidy_batch(p, chunk, known_channels(p, ChannelTable(), chunk.pairs))
+    assert (batch.idx.tolist(), batch.value.tolist()) == ([0, 1], [1.0, 2.0])
+    assert batch.ts_ms.tolist() == [ts[0], ts[3]]
+    assert p.counters.dropped == {cn.INVALID_VALUE: 3}
+    p.close()
