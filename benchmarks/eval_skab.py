@@ -1,6 +1,7 @@
 """SKAB (Skoltech Anomaly Benchmark) through streamproc's pipeline: outlier and changepoint scores.
 
     python benchmarks/eval_skab.py [--datasets PATH] [--config FILE] [--normal-quantile 0.99]
+    python benchmarks/eval_skab.py --cv GRID [--max-far 20] [--min-changepoints 30]
 
 Each file of ``skab/data/{valve1,valve2,other}`` is one device (kind ``rig``, group = folder)
 and each numeric column one of its channels. A fresh pipeline runs each file; the first 400
@@ -26,28 +27,52 @@ labelled changepoint of the test rows, overlapping windows merged. A detection i
 the prediction turns on (the score crosses the threshold upward, an alert opens), not every
 row above the threshold as in NAB proper: SKAB rows are 1 s apart and a condition lasts.
 ``skab_nab_score`` scores the same prediction under the conventions of SKAB's evaluation
-tool, which produced the published figures.
+tool, which produced the published figures. "Changepoints" below is that score for ``score``
+at the fixed threshold.
+
+Cross-validation (``--cv GRID``, a TOML grid of settings: see ``load_grid`` and
+``benchmarks/configs/skab-cv-grid.toml``): settings chosen on SKAB and scored on SKAB are an
+upper estimate, so each grid point is run once over every file, and then each of the three
+folders is held out in turn: a candidate (grid point and prediction) is chosen on the other two
+folders' pooled rows and scores the held-out folder. Selections: the highest F1 with FAR <=
+``--max-far`` of ``alert``, of ``score or alert``, of either prediction; the same among the
+candidates whose changepoints are >= ``--min-changepoints`` (when none is, the floor is
+dropped); the highest changepoints alone. Each is reported per fold (the choice, its training
+figures, its held-out ones) and pooled over the three held-out folds (TP/FP/FN/TN and NAB
+scores summed, each folder with its own choice). The fixed thresholds use no label, so they
+are computed per grid point as without ``--cv``. The grid table shows every point on all
+files, in-sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import sys
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.streaming import Channel, datasets_dir, make_settings, metric_name, run_frame
+from benchmarks.streaming import (
+    Channel,
+    datasets_dir,
+    eval_settings,
+    make_settings,
+    metric_name,
+    run_frame,
+)
 from streamproc.alerts import Alert
-from streamproc.config import Settings
+from streamproc.config import Settings, from_dict
 
 WARMUP_ROWS = 400
 CP_WINDOW_MS = 60_000
@@ -380,11 +405,17 @@ class Row:
 
 
 def evaluate(tests: Sequence[Scored], mode: str, threshold: float, label: str) -> Row:
+    return evaluate_at([(t, mode, threshold) for t in tests], mode, label)
+
+
+def evaluate_at(parts: Sequence[tuple[Scored, str, float]], mode: str, label: str) -> Row:
+    """``evaluate`` with a prediction and threshold per file (``mode`` only names the row):
+    held-out folds are pooled, each with its own choice."""
     counts = Counts()
     raw = skab_raw = 0.0
     n_win = skab_win = detected = false = 0
-    for t in tests:
-        on, onsets = _pred(t, mode, threshold)
+    for t, pred, threshold in parts:
+        on, onsets = _pred(t, pred, threshold)
         counts += confusion(t.anomaly, on)
         wins = nab_windows(t.ts_ms, t.changepoint, CP_WINDOW_MS)
         det = np.flatnonzero(onsets)
@@ -451,6 +482,205 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
+# -- cross-validation --------------------------------------------------------------------
+
+CV_MODES = ("alert", "score or alert")
+Candidate = tuple[int, str]  # (grid point, prediction)
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``; tables are merged key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        old = out.get(k)
+        out[k] = merge(old, v) if isinstance(v, dict) and isinstance(old, dict) else v
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flat(v, key + ".")
+        else:
+            value = str(v).lower() if isinstance(v, bool) else v
+            out.append(f"{key.removeprefix('rules.')}={value}")
+    return out
+
+
+def load_grid(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, settings document) of each point of a grid file.
+
+    The file has ``[base]``, a settings document as ``--config`` takes, and ``[[axes.NAME]]``:
+    per axis, a list of settings fragments, each with an optional ``name``. The points are the
+    combinations of one fragment per axis (the last axis varying fastest), each merged over
+    ``base`` in axis order.
+    """
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    unknown = set(doc) - {"base", "axes"}
+    if unknown:
+        raise ValueError(f"{path}: unknown tables {sorted(unknown)} (known: base, axes)")
+    points = []
+    for combo in itertools.product(*doc.get("axes", {}).values()):
+        settings, names = doc.get("base", {}), []
+        for fragment in combo:
+            fragment = dict(fragment)
+            name = fragment.pop("name", None)
+            names.append(" ".join(_flat(fragment)) if name is None else str(name))
+            settings = merge(settings, fragment)
+        points.append((", ".join(names), settings))
+    return points
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A candidate on the training rows: outlier counts and changepoint score."""
+
+    counts: Counts
+    changepoints: float
+
+
+def choose(fits: Sequence[Fit], max_far: float, min_changepoints: float = -math.inf) -> int:
+    """Index of the candidate chosen on the training rows: the highest F1 among those with
+    FAR <= ``max_far`` and a changepoint score >= ``min_changepoints``; when none meets both,
+    among those within the FAR limit; when none is, the lowest FAR. Ties: the earlier one."""
+    within = [i for i, f in enumerate(fits) if f.counts.far <= max_far]
+    pool = [i for i in within if fits[i].changepoints >= min_changepoints] or within
+    if not pool:
+        return min(range(len(fits)), key=lambda i: (fits[i].counts.far, i))
+    return max(pool, key=lambda i: (fits[i].counts.f1, -i))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point run over every labelled file."""
+
+    name: str
+    fixed: float  # the score threshold: a quantile of the anomaly-free file's row scores
+    tests: list[Scored]
+
+
+def run_point(
+    name: str, doc: dict[str, Any], free: SkabFile, files: Sequence[SkabFile], quantile: float
+) -> Point:
+    settings = eval_settings(["rig"], from_dict(doc))
+    normal = run_file(free, settings).score[WARMUP_ROWS:]
+    tests = [scored_part(run_file(f, settings)) for f in files]
+    return Point(name, float(np.quantile(normal, quantile)), tests)
+
+
+@dataclass(frozen=True)
+class Selection:
+    title: str
+    # per fold: held-out folder, choice, training fit, held-out row, held-out changepoints
+    folds: list[tuple[str, str, Fit, Row, float]]
+    outlier: Row  # the held-out folds pooled, each with its fold's choice
+    changepoints: Row  # the same, ``score`` at the chosen points' fixed thresholds
+
+
+def folder_of(t: Scored) -> str:
+    return t.name.split("/")[0]
+
+
+def cross_validate(
+    points: Sequence[Point], max_far: float, min_changepoints: float
+) -> list[Selection]:
+    """Leave one folder out. For each held-out folder, a candidate (grid point, prediction)
+    is chosen on the other folders' pooled rows, by ``choose`` (the F1 of a prediction, or of
+    either, with or without the changepoint floor) or by the changepoint score alone (of
+    ``score`` at the fixed threshold), and scores the held-out folder."""
+    modes = (*CV_MODES, "score")
+
+    def rows(folder: str, held_out: bool) -> dict[Candidate, Row]:
+        out = {}
+        for i, p in enumerate(points):
+            tests = [t for t in p.tests if (folder_of(t) == folder) == held_out]
+            out.update({(i, m): evaluate(tests, m, p.fixed, p.name) for m in modes})
+        return out
+
+    train = {f: rows(f, False) for f in FOLDERS}
+    test = {f: rows(f, True) for f in FOLDERS}
+
+    def fit(f: str, c: Candidate) -> Fit:
+        return Fit(train[f][c].counts, train[f][(c[0], "score")].skab_nab)
+
+    def select(title: str, pick: Callable[[str], Candidate]) -> Selection:
+        folds, outlier, changes = [], [], []
+        for f in FOLDERS:
+            i, m = pick(f)
+            p = points[i]
+            cp = test[f][(i, "score")].skab_nab
+            folds.append((f, f"{p.name} [{m}]", fit(f, (i, m)), test[f][(i, m)], cp))
+            part = [t for t in p.tests if folder_of(t) == f]
+            outlier += [(t, m, p.fixed) for t in part]
+            changes += [(t, "score", p.fixed) for t in part]
+        return Selection(
+            title,
+            folds,
+            evaluate_at(outlier, title, "chosen per fold"),
+            evaluate_at(changes, "score", "chosen per fold"),
+        )
+
+    def by_f1(sel_modes: tuple[str, ...], floor: float) -> Callable[[str], Candidate]:
+        cands = [(i, m) for i in range(len(points)) for m in sel_modes]
+        return lambda f: cands[choose([fit(f, c) for c in cands], max_far, floor)]
+
+    def by_changepoints(f: str) -> Candidate:
+        i = max(range(len(points)), key=lambda i: (fit(f, (i, "score")).changepoints, -i))
+        return i, "score"
+
+    floor = f"changepoints >= {min_changepoints:g}"
+    out = []
+    for cp_floor in (-math.inf, min_changepoints):
+        suffix = "" if cp_floor == -math.inf else f", {floor}"
+        for m in CV_MODES:
+            out.append(select(m + suffix, by_f1((m,), cp_floor)))
+        out.append(select("either prediction" + suffix, by_f1(CV_MODES, cp_floor)))
+    out.append(select("changepoint score", by_changepoints))
+    return out
+
+
+def cv_report(points: Sequence[Point], selections: Sequence[Selection], max_far: float) -> str:
+    """Every grid point on all files (in-sample), then each selection fold by fold."""
+    lines = [
+        "grid points, all files (in-sample: what the folds choose from)",
+        "",
+        "| point | alert F1 / FAR / MAR | score or alert F1 / FAR / MAR | changepoints |",
+        "|---|---|---|---|",
+    ]
+    for p in points:
+        a, b = (evaluate(p.tests, m, p.fixed, "").counts for m in CV_MODES)
+        cp = evaluate(p.tests, "score", p.fixed, "").skab_nab
+        lines.append(
+            f"| {p.name} | {a.f1:.3f} / {a.far:.2f} / {a.mar:.2f} "
+            f"| {b.f1:.3f} / {b.far:.2f} / {b.mar:.2f} | {cp:.2f} |"
+        )
+    lines += [
+        "",
+        f"leave one folder out: chosen on the other two folders (max F1 at FAR <= {max_far:g} %"
+        ", or the changepoint score), scored on the held-out one",
+        "",
+        "| selection | held out | chosen [prediction] | training F1 / FAR / changepoints "
+        "| held-out F1 / FAR / MAR | held-out changepoints |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in selections:
+        for f, choice, tr, row, cp in s.folds:
+            c = row.counts
+            lines.append(
+                f"| {s.title} | {f} | {choice} | {tr.counts.f1:.3f} / {tr.counts.far:.2f} / "
+                f"{tr.changepoints:.2f} | {c.f1:.3f} / {c.far:.2f} / {c.mar:.2f} | {cp:.2f} |"
+            )
+        c = s.outlier.counts
+        lines.append(
+            f"| **{s.title}** | **pooled** | | | **{c.f1:.3f} / {c.far:.2f} / {c.mar:.2f}** "
+            f"| **{s.changepoints.skab_nab:.2f}** |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -466,13 +696,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fixed threshold: this quantile of the anomaly-free row scores",
     )
     ap.add_argument(
-        "--max-far", type=float, default=20.0, help="FAR limit (%%) for the best-F1 upper bound"
+        "--max-far",
+        type=float,
+        default=20.0,
+        help="FAR limit (%%) for the best-F1 upper bound and the --cv choice",
+    )
+    ap.add_argument(
+        "--cv",
+        metavar="GRID",
+        help="TOML grid of settings (instead of --config): leave-one-folder-out choice",
+    )
+    ap.add_argument(
+        "--min-changepoints",
+        type=float,
+        default=30.0,
+        help="--cv: changepoint floor of the selections that have one",
     )
     args = ap.parse_args(argv)
     root = datasets_dir(args.datasets) / "skab"
     if not root.is_dir():
         sys.exit(f"no SKAB data at {root} (--datasets PATH or STREAMPROC_DATASETS)")
+    if args.cv and args.config:
+        sys.exit("--cv takes its settings from the grid file's [base]; drop --config")
     wall = time.perf_counter()
+    if args.cv:
+        grid = load_grid(args.cv)
+        free_file = read_file(root / "data/anomaly-free/anomaly-free.csv", "anomaly-free/0")
+        files = [read_file(p, name) for name, p in labelled_paths(root)]
+        points = [run_point(n, d, free_file, files, args.normal_quantile) for n, d in grid]
+        selections = cross_validate(points, args.max_far, args.min_changepoints)
+        print(cv_report(points, selections, args.max_far))
+        print(f"\n{len(points)} grid points; wall {time.perf_counter() - wall:.1f} s")
+        return
     settings = make_settings(["rig"], args.config)
 
     free_file = read_file(root / "data/anomaly-free/anomaly-free.csv", "anomaly-free/0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +128,57 @@ def test_alert_rows_cover_open_to_resolve() -> None:
     covered, opened = sk.alert_rows(ts, alerts)
     assert covered.nonzero()[0].tolist() == [2, 3, 4, 8, 9]
     assert opened.nonzero()[0].tolist() == [2, 8]
+
+
+# ------------------------------------------------------------------ SKAB cross-validation
+
+
+def test_cv_choice_highest_f1_within_far_then_changepoint_floor() -> None:
+    def fit(tp: int, fp: int, cp: float) -> sk.Fit:  # 10 positive and 100 negative rows
+        return sk.Fit(sk.Counts(tp, fp, 100 - fp, 10 - tp), cp)
+
+    fits = [fit(9, 30, 40.0), fit(7, 10, 20.0), fit(5, 5, 35.0), fit(7, 10, 25.0)]
+    assert sk.choose(fits, 20.0) == 1  # the best F1 has FAR 30 %; a tie goes to the earlier
+    assert sk.choose(fits, 20.0, min_changepoints=30.0) == 2
+    assert sk.choose(fits, 20.0, min_changepoints=50.0) == 1  # nobody meets it: floor dropped
+    assert sk.choose(fits, 1.0) == 2  # nobody within the FAR limit: the lowest FAR
+
+
+def test_cv_grid_is_every_combination_merged_over_base(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        "[base.rules.level]\nenabled = true\n"
+        "[[axes.a]]\nname = 'z5'\nrules.level = { z_open = 5.0, z_close = 3.75 }\n"
+        "[[axes.a]]\nrules.level = { z_open = 6.0 }\n"
+        "[[axes.b]]\nrules.zscore = { enabled = false }\n"
+        "[[axes.b]]\nrules.level = { alpha = 0.001 }\n"
+    )
+    points = sk.load_grid(grid)
+    assert [n for n, _ in points] == [
+        "z5, zscore.enabled=false",
+        "z5, level.alpha=0.001",
+        "level.z_open=6.0, zscore.enabled=false",
+        "level.z_open=6.0, level.alpha=0.001",
+    ]
+    assert points[1][1] == {
+        "rules": {"level": {"enabled": True, "z_open": 5.0, "z_close": 3.75, "alpha": 0.001}}
+    }
+    assert points[2][1]["rules"]["zscore"] == {"enabled": False}
+
+
+def test_cv_pools_held_out_files_each_at_its_own_threshold() -> None:
+    def scored(name: str, score: list[float], anomaly: list[int]) -> sk.Scored:
+        n = len(score)
+        ts = np.arange(n, dtype=np.int64) * 1000
+        no = np.zeros(n, bool)
+        return sk.Scored(name, ts, np.array(score), no, no, (0.0, False),
+                         np.array(anomaly, bool), no)  # fmt: skip
+
+    a = scored("valve1/0", [0.1, 0.5, 0.5, 0.1], [0, 1, 1, 0])
+    b = scored("other/1", [0.2, 0.3, 0.3, 0.2], [0, 1, 1, 0])
+    row = sk.evaluate_at([(a, "score", 0.4), (b, "score", 0.25)], "chosen", "")
+    assert (row.counts.tp, row.counts.fp, row.counts.fn) == (4, 0, 0)
+    assert sk.evaluate([a, b], "score", 0.4, "").counts.fn == 2
 
 
 # ------------------------------------------------------------------ Beijing faults
