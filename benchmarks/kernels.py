@@ -55,7 +55,7 @@ from streamproc import counters as C
 from streamproc.alerts import Events
 from streamproc.batch import Batch
 from streamproc.config import RULE_PARAMS, Settings, from_dict
-from streamproc.detect import Detector, IntervalClosed, Output, warm_up
+from streamproc.detect import Detector, IntervalClosed, Output, row_bytes, warm_up
 from streamproc.kernels import bank
 from streamproc.kernels.rules import EV_OPEN, N_RULES, RULES
 from streamproc.registry import CHANNEL_ARRAYS, Registry
@@ -422,7 +422,7 @@ def progress(msg: str) -> None:
 
 
 def _row_bytes(arrays: dict[str, np.ndarray]) -> int:
-    return sum(a.itemsize * (a.size // a.shape[0]) for a in arrays.values())
+    return sum(row_bytes(arrays).values())
 
 
 def state_bytes(det: Detector) -> tuple[int, int, int]:

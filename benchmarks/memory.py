@@ -34,7 +34,7 @@ import numpy as np
 
 from streamproc.batch import Batch
 from streamproc.config import load
-from streamproc.detect import Detector, warm_up
+from streamproc.detect import Detector, row_bytes, warm_up
 from streamproc.pipeline import Pipeline
 
 METRICS = ("pm25", "pm10", "no2", "o3")
@@ -48,11 +48,6 @@ def proc_status(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
-
-
-def row_bytes(arrays: dict[str, np.ndarray]) -> dict[str, int]:
-    """Bytes of one row (the first axis) of each array."""
-    return {name: a.itemsize * int(np.prod(a.shape[1:])) for name, a in arrays.items()}
 
 
 def tables(det: Detector) -> dict[str, tuple[dict[str, np.ndarray], int]]:

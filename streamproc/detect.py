@@ -269,7 +269,7 @@ class Detector:
     def _grow(self, need: int) -> None:
         cap = _doubled(self.capacity, need)
         if cap != self.capacity:
-            self.state = _filled(self.spec, cap, self.state)
+            self.state = _records(self.spec, cap, self.state)
             self.capacity = cap
 
     def _sync(self) -> None:
@@ -551,6 +551,37 @@ def _filled(
         if old:
             out[name][: len(old[name])] = old[name]
     return out
+
+
+def _records(
+    spec: dict[str, tuple[type, tuple[int, ...], object]],
+    rows: int,
+    old: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """``_filled``, but a channel's scalars and small arrays lie together in one record of a
+    structured array (the dict holds views of its fields): a reading touches a few cache lines
+    of its channel instead of one line in each of some thirty arrays. The ring stays apart."""
+    apart = {k: v for k, v in spec.items() if k == "ring"}
+    packed = {k: v for k, v in spec.items() if k not in apart}
+    fields = [(k, d, shape) for k, (d, shape, _) in packed.items()]
+    fields.sort(key=lambda f: -np.dtype(f[1]).alignment)  # widest first: no padding between
+    rec = np.empty(rows, np.dtype(fields, align=True))
+    out = _filled(apart, rows, old)
+    for name, (_, _, fill) in packed.items():
+        out[name] = rec[name]
+        out[name][...] = fill
+        if old:
+            out[name][: len(old[name])] = old[name]
+    return {k: out[k] for k in spec}
+
+
+def row_bytes(arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of one row (the first axis) of each array, and of the padding of the records that
+    hold some of them (``_records``) as ``"record padding"``."""
+    out = {name: a.itemsize * int(np.prod(a.shape[1:])) for name, a in arrays.items()}
+    records = {id(a.base): a.base for a in arrays.values() if a.base is not None}
+    pad = sum(r.itemsize - sum(out[f] for f in r.dtype.names or ()) for r in records.values())
+    return out | ({"record padding": pad} if pad else {})
 
 
 def _group_medians(gid: np.ndarray, value: np.ndarray, n_groups: int) -> np.ndarray:

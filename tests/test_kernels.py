@@ -648,6 +648,31 @@ def test_a_detector_over_a_registry_with_many_channels_gives_each_its_seasonal_r
     assert det.state["se_row"][:3000].tolist() == list(range(3000))
 
 
+def test_a_channels_scalars_lie_in_one_record_that_keeps_them_as_it_grows():
+    """Every state array but the ring is a field of one structured array (one record per
+    channel, fields widest first, so no padding between them); growing keeps the values."""
+    from streamproc.detect import row_bytes
+
+    reg = Registry(Settings().channels)
+    det = Detector(Settings(), reg, Counters())
+    c = reg.channel("d0", "pm25", "air", "g")
+    det.process(Batch(np.array([c], np.int32), np.array([1_700_000_000_000]), np.array([7.5])))
+    before = {k: v[c].copy() for k, v in det.state.items()}
+    for i in range(1, 3000):  # past the first capacity
+        reg.channel(f"d{i}", "pm25", "air", "g")
+    det._sync()
+    rec = det.state["pos"].base
+    assert rec is not None and rec.dtype.names is not None and len(rec) >= 3000
+    assert set(rec.dtype.names) == set(det.state) - {"ring"}
+    assert all(det.state[k].base is rec for k in rec.dtype.names)
+    for k, v in before.items():
+        np.testing.assert_array_equal(det.state[k][c], v)
+    assert det.state["agg_n"][c].sum() == 1 and det.state["last_ts"][1] == det.spec["last_ts"][2]
+    fields = sum(row_bytes(det.state).values()) - row_bytes(det.state).get("record padding", 0)
+    assert sum(row_bytes(det.state).values()) == rec.itemsize + det.state["ring"][0].nbytes
+    assert rec.itemsize - (fields - det.state["ring"][0].nbytes) < 8
+
+
 def test_prefetch_compiles_to_a_prefetch_instruction_and_changes_nothing():
     from numba import njit
 

@@ -22,13 +22,15 @@ Per reading (channel c, time t, value x), in this order:
    - level: x against the channel's long-run mean and standard deviation (EWMAs);
 4. x enters the ring buffer and the running sums; the interval aggregates take it.
 
-State is struct-of-arrays indexed by channel (alert state by [channel, rule]; an open
-alert's opening time is its ``a_last_open``); the seasonal profiles are rows of their own
+State is arrays indexed by channel (alert state by [channel, rule]; an open alert's opening
+time is its ``a_last_open``), all but the ring fields of one record per channel
+(``detect._records``), so the kernels take them as strided arrays; the seasonal profiles are rows of their own
 tables, only for channels whose profile enables the rule (``se_row``, -1 for none).
 Parameters are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
 Every loop is O(1) per reading except the exact re-sum of the ring every ``window`` writes.
-A reading's state is spread over some thirty arrays; with many channels these are cache
-misses, so the kernel prefetches the state of the channels a few readings ahead.
+A reading's state spans its record's five cache lines, the ring's and the alert row's; with
+many channels these are cache misses, so the kernel prefetches the state of the channels a
+few readings ahead.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A software prefetch for the kernels: ask the CPU to bring an array element into cache
 without waiting for it (LLVM's ``llvm.prefetch``; a no-op where the target has none).
 
-At a million channels a reading's state sits in some thirty cache lines that are not in
-cache; the reading kernel prefetches them a few readings ahead so that the misses overlap
-with the work on the readings before.
+At a million channels a reading's state sits in several cache lines that are not in cache;
+the reading kernel prefetches them a few readings ahead so that the misses overlap with the
+work on the readings before.
 """
 
 from __future__ import annotations
