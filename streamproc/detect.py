@@ -119,6 +119,9 @@ SEASON_SPEC: dict[str, tuple[type, tuple[int, ...], object]] = {
 }
 
 _AGG = ("agg_n", "agg_sum", "agg_min", "agg_max", "agg_last", "agg_last_ts", "agg_score")
+# the first fields of a channel's record, in one cache line: what the dropout sweep reads of
+# every channel on each tick, and what every reading reads first
+_HEAD = ("last_ts", "ival", "s1", "s2", "a_row", "pos", "cnt", "st")
 
 
 def build_params(settings: Settings, registry: Registry) -> np.ndarray:
@@ -425,8 +428,8 @@ class Detector:
         and reset it."""
         self._neighbours(k, outputs)
         closed = self._aggregates(k)
-        for name in _AGG:
-            self.state[name][closed.rows.channel, k & 1] = self.spec[name][2]
+        for name in _AGG:  # compiled: numpy's fancy assignment is slow on record fields
+            bank.fill_slot(self.state[name], closed.rows.channel, k & 1, self.spec[name][2])
         return closed
 
     def _neighbours(self, k: int, outputs: list[Output]) -> None:
@@ -560,12 +563,17 @@ def _records(
 ) -> dict[str, np.ndarray]:
     """``_filled``, but a channel's scalars and small arrays lie together in one record of a
     structured array (the dict holds views of its fields): a reading touches a few cache lines
-    of its channel instead of one line in each of some thirty arrays. The ring stays apart."""
+    of its channel instead of one line in each of some thirty arrays. The ring stays apart.
+    Records start on a cache line, the ``_HEAD`` fields first; then the others, widest first
+    (no padding between them)."""
     apart = {k: v for k, v in spec.items() if k == "ring"}
     packed = {k: v for k, v in spec.items() if k not in apart}
     fields = [(k, d, shape) for k, (d, shape, _) in packed.items()]
-    fields.sort(key=lambda f: -np.dtype(f[1]).alignment)  # widest first: no padding between
-    rec = np.empty(rows, np.dtype(fields, align=True))
+    fields.sort(key=lambda f: (f[0] not in _HEAD, -np.dtype(f[1]).alignment))
+    dtype = np.dtype(fields, align=True)
+    raw = np.empty(rows * dtype.itemsize + 64, np.uint8)
+    at = -raw.ctypes.data % 64
+    rec = raw[at : at + rows * dtype.itemsize].view(dtype)
     out = _filled(apart, rows, old)
     for name, (_, _, fill) in packed.items():
         out[name] = rec[name]
@@ -579,8 +587,11 @@ def row_bytes(arrays: dict[str, np.ndarray]) -> dict[str, int]:
     """Bytes of one row (the first axis) of each array, and of the padding of the records that
     hold some of them (``_records``) as ``"record padding"``."""
     out = {name: a.itemsize * int(np.prod(a.shape[1:])) for name, a in arrays.items()}
-    records = {id(a.base): a.base for a in arrays.values() if a.base is not None}
-    pad = sum(r.itemsize - sum(out[f] for f in r.dtype.names or ()) for r in records.values())
+    records: dict[int, list[int]] = {}  # memory -> [record size, bytes of its fields]
+    for name, a in arrays.items():
+        if a.base is not None and a.strides[0] != out[name]:
+            records.setdefault(id(a.base), [a.strides[0], 0])[1] += out[name]
+    pad = sum(size - used for size, used in records.values())
     return out | ({"record padding": pad} if pad else {})
 
 

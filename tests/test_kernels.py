@@ -649,9 +649,9 @@ def test_a_detector_over_a_registry_with_many_channels_gives_each_its_seasonal_r
 
 
 def test_a_channels_scalars_lie_in_one_record_that_keeps_them_as_it_grows():
-    """Every state array but the ring is a field of one structured array (one record per
-    channel, fields widest first, so no padding between them); growing keeps the values."""
-    from streamproc.detect import row_bytes
+    """Every state array but the ring is a field of one record per channel, records start on
+    a cache line with the sweep's fields in its first 64 bytes, and growing keeps the values."""
+    from streamproc.detect import _HEAD, row_bytes
 
     reg = Registry(Settings().channels)
     det = Detector(Settings(), reg, Counters())
@@ -661,16 +661,20 @@ def test_a_channels_scalars_lie_in_one_record_that_keeps_them_as_it_grows():
     for i in range(1, 3000):  # past the first capacity
         reg.channel(f"d{i}", "pm25", "air", "g")
     det._sync()
-    rec = det.state["pos"].base
-    assert rec is not None and rec.dtype.names is not None and len(rec) >= 3000
-    assert set(rec.dtype.names) == set(det.state) - {"ring"}
-    assert all(det.state[k].base is rec for k in rec.dtype.names)
+    packed = {k: a for k, a in det.state.items() if k != "ring"}
+    size = det.state["pos"].strides[0]
+    start = min(a.ctypes.data for a in packed.values())
+    assert start % 64 == 0 and all(a.strides[0] == size for a in packed.values())
+    ends = sorted((a.ctypes.data - start, a[0].nbytes) for a in packed.values())
+    assert all(o + n <= nxt for (o, n), (nxt, _) in itertools.pairwise(ends))
+    assert max(o + n for o, n in ends) <= size
+    assert all(packed[k].ctypes.data - start + packed[k][0].nbytes <= 64 for k in _HEAD)
     for k, v in before.items():
         np.testing.assert_array_equal(det.state[k][c], v)
     assert det.state["agg_n"][c].sum() == 1 and det.state["last_ts"][1] == det.spec["last_ts"][2]
-    fields = sum(row_bytes(det.state).values()) - row_bytes(det.state).get("record padding", 0)
-    assert sum(row_bytes(det.state).values()) == rec.itemsize + det.state["ring"][0].nbytes
-    assert rec.itemsize - (fields - det.state["ring"][0].nbytes) < 8
+    rb = row_bytes(det.state)
+    assert sum(rb.values()) == size + det.state["ring"][0].nbytes
+    assert 0 < rb["record padding"] < 8
 
 
 def test_prefetch_compiles_to_a_prefetch_instruction_and_changes_nothing():

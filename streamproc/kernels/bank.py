@@ -24,8 +24,9 @@ Per reading (channel c, time t, value x), in this order:
 
 State is arrays indexed by channel (alert state by [channel, rule]; an open alert's opening
 time is its ``a_last_open``), all but the ring fields of one record per channel
-(``detect._records``), so the kernels take them as strided arrays; the seasonal profiles are rows of their own
-tables, only for channels whose profile enables the rule (``se_row``, -1 for none).
+(``detect._records``), so the kernels take them as strided arrays; the seasonal profiles are
+rows of their own tables, only for channels whose profile enables the rule (``se_row``, -1
+for none).
 Parameters are rows of ``prm`` indexed by the channel's profile (kind.metric), columns ``P_*``.
 Every loop is O(1) per reading except the exact re-sum of the ring every ``window`` writes.
 A reading's state spans its record's five cache lines, the ring's and the alert row's; with
@@ -808,6 +809,13 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         agg_score[c, sl] = max(agg_score[c, sl], score)
         out_score[i] = score
     return stop, ne
+
+
+@kernel
+def fill_slot(a, rows, slot, fill):
+    """``a[rows, slot] = fill``."""
+    for c in rows:
+        a[c, slot] = fill
 
 
 @kernel
