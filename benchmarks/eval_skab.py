@@ -719,22 +719,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.cv and args.config:
         sys.exit("--cv takes its settings from the grid file's [base]; drop --config")
     wall = time.perf_counter()
+    free_file = read_file(root / "data/anomaly-free/anomaly-free.csv", "anomaly-free/0")
+    files = [read_file(p, name) for name, p in labelled_paths(root)]
     if args.cv:
         grid = load_grid(args.cv)
-        free_file = read_file(root / "data/anomaly-free/anomaly-free.csv", "anomaly-free/0")
-        files = [read_file(p, name) for name, p in labelled_paths(root)]
         points = [run_point(n, d, free_file, files, args.normal_quantile) for n, d in grid]
         selections = cross_validate(points, args.max_far, args.min_changepoints)
         print(cv_report(points, selections, args.max_far))
         print(f"\n{len(points)} grid points; wall {time.perf_counter() - wall:.1f} s")
         return
     settings = make_settings(["rig"], args.config)
-
-    free_file = read_file(root / "data/anomaly-free/anomaly-free.csv", "anomaly-free/0")
     free = run_file(free_file, settings)
     normal = free.score[WARMUP_ROWS:]
     fixed = float(np.quantile(normal, args.normal_quantile))
-    results = [run_file(read_file(p, name), settings) for name, p in labelled_paths(root)]
+    results = [run_file(f, settings) for f in files]
     tests = [scored_part(r) for r in results]
 
     label = f"{fixed:.3f} (q{args.normal_quantile:g} of anomaly-free)"
