@@ -389,9 +389,13 @@ def test_daemon_sigkill_mid_stream_loses_nothing_acknowledged(
     assert replayed > 0
     assert got == want
     assert lines == feed.alert_lines
-    # the broker sends again only what was in flight, unacknowledged: mosquitto's window is 20,
-    # on each connection (a reconnect under load sends the new connection's window again)
-    assert duplicates <= 20 * (1 + reconnects)
+    # a redelivery recognised as a duplicate is a message the journal held at the kill (taken,
+    # written, its PUBACK not yet with the broker), so it was replayed; after a reconnect of the
+    # second daemon, also one that daemon had taken. Not bounded by max_inflight_messages (20):
+    # mosquitto 2.0.11 (db__message_delete_outgoing) moves up to 20 queued messages into flight
+    # on every PUBACK for its oldest one, so with a backlog queued for the daemon thousands are
+    # sent unacknowledged, and one journal commit can hold many more than 20 of them.
+    assert duplicates <= replayed + (again if reconnects else 0)
     # each message once: in the checkpoint (the first part), the journal, or from the broker
     # (a redelivery recognised as a duplicate is not handed on, so it is not in ``again``)
     assert first + replayed + again == len(feed.messages)
