@@ -235,9 +235,9 @@ class TimedDetector(Detector):
         with self.spent["neighbour rule"]:
             super()._neighbours(k, outputs)
 
-    def _aggregates(self, k: int) -> IntervalClosed:
+    def _aggregates(self, k: int, reset: bool = False) -> IntervalClosed:
         with self.spent["aggregates"]:
-            return super()._aggregates(k)
+            return super()._aggregates(k, reset)
 
 
 def _arrays(det: Detector) -> list[np.ndarray]:

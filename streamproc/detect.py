@@ -21,7 +21,7 @@ from streamproc.batch import Batch
 from streamproc.config import ChannelSettings, Settings
 from streamproc.kernels import bank, gateway
 from streamproc.kernels.bank import NEVER
-from streamproc.kernels.rules import N_RULES, R_NEIGHBOUR, ST_IDLE, ST_OPEN
+from streamproc.kernels.rules import N_RULES, R_NEIGHBOUR, ST_IDLE
 from streamproc.registry import Registry
 
 EVENT_CAPACITY = 65_536
@@ -427,10 +427,7 @@ class Detector:
         """Run the neighbour rule on interval k, then take its aggregates out of their slot
         and reset it."""
         self._neighbours(k, outputs)
-        closed = self._aggregates(k)
-        for name in _AGG:  # compiled: numpy's fancy assignment is slow on record fields
-            bank.fill_slot(self.state[name], closed.rows.channel, k & 1, self.spec[name][2])
-        return closed
+        return self._aggregates(k, reset=True)
 
     def _neighbours(self, k: int, outputs: list[Output]) -> None:
         """The neighbour rule over the channels that reported in interval k. A group is the
@@ -493,24 +490,18 @@ class Detector:
             self._drain(ne, outputs)
             self._grow_alert_rows()
 
-    def _aggregates(self, k: int) -> IntervalClosed:
+    def _aggregates(self, k: int, reset: bool = False) -> IntervalClosed:
+        """Interval k's aggregates of the channels that had readings in it; with ``reset``,
+        their slot is refilled for interval k + 2."""
         s = self.state
         n = self.registry.n
-        sl = k & 1
-        rows = np.flatnonzero(s["agg_n"][:n, sl] > 0).astype(np.int32)
-        count = s["agg_n"][rows, sl]
-        out = ChannelRows(
-            channel=rows,
-            count=count,
-            min=s["agg_min"][rows, sl],
-            max=s["agg_max"][rows, sl],
-            mean=s["agg_sum"][rows, sl] / count,
-            last=s["agg_last"][rows, sl],
-            last_ts_ms=s["agg_last_ts"][rows, sl],
-            max_score=s["agg_score"][rows, sl],
-            open_alerts=(s["st"][rows] == ST_OPEN).sum(axis=1).astype(np.int16),
-        )
-        return IntervalClosed(k * self.interval_ms, (k + 1) * self.interval_ms, out)
+        f8 = np.float64  # ChannelRows' columns, in order:
+        cols = [np.empty(n, t) for t in (np.int32, np.int32, f8, f8, f8, f8, np.int64,
+                                         np.float32, np.int16)]  # fmt: skip
+        fills = tuple(self.spec[name][2] for name in _AGG)
+        m = bank.take_slot(n, k & 1, reset, fills, *[s[name] for name in (*_AGG, "st")], *cols)
+        rows = ChannelRows(*(c[:m] for c in cols))
+        return IntervalClosed(k * self.interval_ms, (k + 1) * self.interval_ms, rows)
 
     def finish(self) -> list[Output]:
         """End of input: write the intervals still open (the last one may be partial)."""

@@ -143,6 +143,17 @@ def test_snapshot_partitions_schema_and_values(tmp_path: Path) -> None:
     assert air.column("last_ts").cast("int64").to_pylist() == [T0 + 299_000] * 3
 
 
+def test_snapshot_dictionary_encodes_only_names_that_repeat(tmp_path: Path) -> None:
+    """Parquet dictionaries for metric and group only: a snapshot's devices and numbers are
+    mostly distinct, where a dictionary costs a hash per value for nothing."""
+    (p,) = SnapshotWriter(tmp_path, registry()).write_interval(T0, T0 + INTERVAL, rows([0, 1]))
+    meta = pq.ParquetFile(p).metadata.row_group(0)
+    dictionary = {meta.column(i).path_in_schema for i in range(meta.num_columns)
+                  if "RLE_DICTIONARY" in meta.column(i).encodings}  # fmt: skip
+    assert dictionary == {"metric", "group"}
+    assert pq.read_table(p).column("device").to_pylist() == ["a1", "a1"]
+
+
 def test_snapshot_empty_kind_and_interval_write_nothing(tmp_path: Path) -> None:
     w = SnapshotWriter(tmp_path, registry())
     assert w.write_interval(T0, T0 + INTERVAL, rows([])) == []

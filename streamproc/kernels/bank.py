@@ -153,6 +153,7 @@ FLAT_FLOOR_RISE = 0.001  # a reading above the floor lifts it by this share of t
 # reading below it is off the floor: a sensor failing below all it has read)
 FL_OFF_FLOOR, FL_AT_FLOOR, FL_FLOOR, FL_FLOOR_VALUE = range(4)
 DROPOUT_SCORE = 0.75
+SWEEP_AHEAD = 16  # channels between the dropout sweep's prefetch of a record and its use
 SEASON_BINS = 48  # hour of day x (weekday, weekend)
 SEASON_BIN_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -187,11 +188,12 @@ def take_row(c, a_row, a_free, a_flap, a_since, a_last_open):
     return b
 
 
-@kernel
+@kernel_inline
 def release_row(c, earliest_t, g, st, a_row, a_free, a_last_open):
     """Put channel c's alert row back on the free stack if it holds nothing that a reading
     at ``earliest_t`` or later could use: every rule idle, and every last opening too long
-    ago to count as flapping."""
+    ago to count as flapping. Compiled into the sweep, which calls it for every channel
+    and nearly always finds no row."""
     b = a_row[c]
     if b < 0:
         return
@@ -812,10 +814,42 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
 
 
 @kernel
-def fill_slot(a, rows, slot, fill):
-    """``a[rows, slot] = fill``."""
-    for c in rows:
-        a[c, slot] = fill
+def take_slot(n_channels, slot, reset, fills, agg_n, agg_sum, agg_min, agg_max, agg_last,
+              agg_last_ts, agg_score, st, channel, count, vmin, vmax, mean, last, last_ts,
+              max_score, open_alerts):  # fmt: skip
+    """Copy the aggregates in ``slot`` of every channel that had readings there into the
+    ``channel..open_alerts`` columns (``open_alerts``: its rules with an open alert); if
+    ``reset``, refill its slot with ``fills`` (agg_n, agg_sum, ..., agg_score). One pass in
+    channel order, each channel's fields together: numpy's fancy indexing into record fields
+    takes a pass per field. Returns the number of rows written."""
+    m = 0
+    for c in range(n_channels):
+        k = agg_n[c, slot]
+        if k <= 0:
+            continue
+        channel[m] = c
+        count[m] = k
+        vmin[m] = agg_min[c, slot]
+        vmax[m] = agg_max[c, slot]
+        mean[m] = agg_sum[c, slot] / k
+        last[m] = agg_last[c, slot]
+        last_ts[m] = agg_last_ts[c, slot]
+        max_score[m] = agg_score[c, slot]
+        n_open = 0
+        for r in range(st.shape[1]):
+            if st[c, r] == ST_OPEN:
+                n_open += 1
+        open_alerts[m] = n_open
+        if reset:
+            agg_n[c, slot] = fills[0]
+            agg_sum[c, slot] = fills[1]
+            agg_min[c, slot] = fills[2]
+            agg_max[c, slot] = fills[3]
+            agg_last[c, slot] = fills[4]
+            agg_last_ts[c, slot] = fills[5]
+            agg_score[c, slot] = fills[6]
+        m += 1
+    return m
 
 
 @kernel
@@ -831,6 +865,8 @@ def sweep_dropout(start, n_channels, now_ms, earliest_t, prof, prm, g, last_ts, 
     for c in range(start, n_channels):
         if ne == cap or a_free[0] < 1:
             return c, ne
+        if c + SWEEP_AHEAD < n_channels:  # the fields read here share a record's first line
+            prefetch(last_ts, c + SWEEP_AHEAD)
         release_row(c, earliest_t, g, st, a_row, a_free, a_last_open)
         p = prof[c]
         if prm[p, P_DO_ON] <= 0 or st[c, R_DROPOUT] != ST_IDLE:

@@ -32,6 +32,11 @@ from streamproc.sinks.jsonl import FILE_MODE, make_dirs
 TS = pa.timestamp("ms", tz="UTC")
 NAME = pa.dictionary(pa.int32(), pa.string())
 COMPRESSION = "zstd"
+# Parquet dictionary encoding only for columns whose values repeat within a file: building a
+# dictionary of distinct values (a snapshot's device, the numbers) costs a hash per value and
+# is dropped for plain encoding when it grows large (a 100k-row snapshot: 3.4x slower to write
+# with every column tried, and 1.4x larger)
+DICTIONARY_COLUMNS = ("metric", "group", "event", "rule", "severity", "state")
 WRITE_THREADS = 4  # files written at once by write_files
 _FILE_POOL = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="streamproc-file")
 
@@ -110,7 +115,8 @@ def _write_tmp(table: pa.Table, path: Path) -> Path:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression=COMPRESSION)
+            dictionary = [c for c in DICTIONARY_COLUMNS if c in table.column_names]
+            pq.write_table(table, f, compression=COMPRESSION, use_dictionary=dictionary)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
