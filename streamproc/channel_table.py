@@ -47,35 +47,43 @@ class ChannelTable:
 
     def add(self, device: bytes, metric: bytes, c: int) -> None:
         """Add (device, metric) -> c; the caller knows it is not in the table."""
-        k = np.frombuffer(device + b"\0" + metric, np.uint8)
-        e = self.n
-        if e == len(self.ent_ch):
-            self.ent_hash = _grown(self.ent_hash, 2 * e)
-            self.ent_ch = _grown(self.ent_ch, 2 * e)
-            self.off = _grown(self.off, 2 * e + 1)
-        o = self.off[e]
-        if o + len(k) > len(self.keys):
-            self.keys = _grown(self.keys, 2 * (o + len(k)))
-        self.keys[o : o + len(k)] = k
-        self.off[e + 1] = o + len(k)
-        self.ent_hash[e] = gk.key_hash(k)
-        self.ent_ch[e] = c
-        self.n = e + 1
-        if 2 * self.n > len(self.slots):  # keep the table under half full
-            self.slots = np.full(2 * len(self.slots), -1, np.int32)
-            gk.table_insert(self.slots, self.ent_hash, 0, e)
+        self.add_keys([device + b"\0" + metric], np.array([c], np.int32))
+
+    def add_keys(self, keys: list[bytes], channels: np.ndarray) -> None:
+        """Add each key (``device + b"\\0" + metric``) -> its channel at once: the hashing
+        and the slots in compiled loops. The caller knows that none is in the table."""
+        e0, e1 = self.n, self.n + len(keys)
+        if e1 == e0:
+            return
+        if e1 > len(self.ent_ch):
+            cap = max(2 * len(self.ent_ch), e1)
+            self.ent_hash = _grown(self.ent_hash, cap)
+            self.ent_ch = _grown(self.ent_ch, cap)
+            self.off = _grown(self.off, cap + 1)
+        blob = np.frombuffer(b"".join(keys), np.uint8)
+        o = self.off[e0]
+        if o + len(blob) > len(self.keys):
+            self.keys = _grown(self.keys, 2 * (o + len(blob)))
+        self.keys[o : o + len(blob)] = blob
+        self.off[e0 + 1 : e1 + 1] = o + np.cumsum([len(k) for k in keys])
+        gk.hash_keys(self.keys, self.off, e0, e1, self.ent_hash)
+        self.ent_ch[e0:e1] = channels
+        self.n = e1
+        if 2 * e1 > len(self.slots):  # keep the table under half full (a power of two)
+            self.slots = np.full(1 << (2 * e1 - 1).bit_length(), -1, np.int32)
+            gk.table_insert(self.slots, self.ent_hash, 0, e1 - 1)
         else:
-            gk.table_insert(self.slots, self.ent_hash, e, e)
+            gk.table_insert(self.slots, self.ent_hash, e0, e1 - 1)
 
     def follow(self, registry: Registry) -> None:
         """Add the channels registered since the last call: the table then holds exactly the
         registry's channels. Only reads the registry, which only grows (a channel keeps its
         index and names), so another thread than the registering one may call it."""
-        n = registry.n
+        a, n = self.followed, registry.n
         devices, metrics = registry.device_names.names, registry.metrics.names
-        ch_device, ch_metric = registry.ch_device, registry.ch_metric
-        for c in range(self.followed, n):
-            self.add(devices[ch_device[c]].encode(), metrics[ch_metric[c]].encode(), c)
+        pairs = zip(registry.ch_device[a:n].tolist(), registry.ch_metric[a:n].tolist(), strict=True)
+        keys = [f"{devices[d]}\0{metrics[m]}".encode() for d, m in pairs]
+        self.add_keys(keys, np.arange(a, n, dtype=np.int32))
         self.followed = n
 
 

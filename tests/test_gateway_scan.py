@@ -288,7 +288,7 @@ def test_the_warm_up_compiles_the_scan_the_decoder_calls() -> None:
     pair.send(GW, text)
     assert pair.scanned == 1
     assert len(gk.scan.signatures) == 1
-    assert len(gk.table_insert.signatures) == len(gk.key_hash.signatures) == 1
+    assert len(gk.table_insert.signatures) == len(gk.hash_keys.signatures) == 1
 
 
 def test_messages_the_scan_decided_are_a_metric(tmp_path: Path) -> None:

@@ -213,18 +213,20 @@ def _field(
 
 
 @kernel
-def key_hash(key: np.ndarray) -> np.uint64:
-    """FNV-1a of a table key (``device + b"\\0" + metric``)."""
-    h = _FNV_OFFSET
-    for b in key:
-        h = (h ^ np.uint64(b)) * _FNV_PRIME
-    return h
+def hash_keys(keys: np.ndarray, off: np.ndarray, first: int, end: int, out: np.ndarray) -> None:
+    """``out[e]``: FNV-1a of table key ``e`` (``keys[off[e]:off[e + 1]]``, that is
+    ``device + b"\\0" + metric``) for entries ``first..end - 1``."""
+    for e in range(first, end):
+        h = _FNV_OFFSET
+        for k in range(off[e], off[e + 1]):
+            h = (h ^ np.uint64(keys[k])) * _FNV_PRIME
+        out[e] = h
 
 
 @kernel
 def _pair_hash(buf: np.ndarray, ds: int, de: int, dev: np.ndarray, ms: int, me: int) -> np.uint64:
-    """``key_hash`` of the device (``buf[ds:de]``, or ``dev`` if ds is TOPIC_DEVICE) and the
-    metric ``buf[ms:me]``, without building the key."""
+    """The key hash (``hash_keys``) of the device (``buf[ds:de]``, or ``dev`` if ds is
+    TOPIC_DEVICE) and the metric ``buf[ms:me]``, without building the key."""
     h = _FNV_OFFSET
     if ds == TOPIC_DEVICE:
         for b in dev:
@@ -465,8 +467,9 @@ def warm_up() -> None:
     buf = np.frombuffer(b'{"ts": 0, "readings": [{"device": "d", "m": 1.5}]}', np.uint8)
     pair = np.frombuffer(b"d\0m", np.uint8)
     slots = np.full(2, -1, np.int32)
-    ent_hash = np.array([key_hash(pair)])
     key = pair.copy()
+    ent_hash = np.empty(1, np.uint64)
+    hash_keys(key, np.array([0, 3]), 0, 1, ent_hash)
     table_insert(slots, ent_hash, 0, 0)
     n = len(buf)
     find(pair, 0, 1, buf[:0], 2, 3, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]), key)
