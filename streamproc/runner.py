@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ from streamproc import registry as R
 from streamproc.batch import Batch
 from streamproc.channel_table import ChannelTable
 from streamproc.pipeline import Pipeline
-from streamproc.sources.replay import Chunk, MessageChunk, Pairs, TidyChunk, read_feed
-from streamproc.topics import valid_id
+from streamproc.sources.replay import Chunk, MessageChunk, TidyChunk, read_feed
+from streamproc.topics import ID_PATTERN, valid_id
 
 BAD_ID = -100  # a pair whose ids fail topics.valid_id
 NEW = -101  # a pair not registered when its chunk was read
@@ -55,48 +56,65 @@ class Pacer:
             time.sleep(delay)
 
 
-def read_ahead(pipeline: Pipeline, path: Path) -> Iterator[tuple[Chunk, np.ndarray | None]]:
+@dataclass
+class Lookup:
+    """A tidy chunk's channels as the reading thread found them (``known_channels``)."""
+
+    codes: np.ndarray  # per pair: its channel, NEW or BAD_ID
+    idx: np.ndarray  # per row: its pair's code
+    ready: bool  # every row has a channel and a finite value: the chunk is a batch as it is
+
+
+def read_ahead(pipeline: Pipeline, path: Path) -> Iterator[tuple[Chunk, Lookup | None]]:
     """The feed's chunks (``read_feed``), each read on a thread of its own while the one before
     runs through the kernels, which release the GIL (one chunk more in memory); with a tidy
-    chunk, its pairs' ``known_channels``, from a channel table that this thread keeps. The
-    reading thread counts malformed rows in counters of its own; a chunk's are added to the
+    chunk, its ``known_channels``, from a channel table that this thread keeps. The reading
+    thread counts malformed rows in counters of its own; a chunk's are added to the
     pipeline's when it is taken, so that only one thread ever writes them."""
     mine = C.Counters()
     chunks = read_feed(path, mine, tidy_rows=TIDY_CHUNK_ROWS)
     table = ChannelTable()
 
-    def take() -> tuple[Chunk | None, np.ndarray | None, Counter[str]]:
+    def take() -> tuple[Chunk | None, Lookup | None, Counter[str]]:
         chunk = next(chunks, None)
-        codes = None
+        lookup = None
         if isinstance(chunk, TidyChunk):
-            codes = known_channels(pipeline, table, chunk.pairs)
-        return chunk, codes, mine.messages.copy()
+            lookup = known_channels(pipeline, table, chunk)
+        return chunk, lookup, mine.messages.copy()
 
     added: Counter[str] = Counter()
     with ThreadPoolExecutor(1, thread_name_prefix="streamproc-read") as pool:
         ahead = pool.submit(take)
         while True:
-            chunk, codes, seen = ahead.result()
+            chunk, lookup, seen = ahead.result()
             pipeline.counters.messages.update(seen - added)
             added = seen
             if chunk is None:
                 return
             ahead = pool.submit(take)
-            yield chunk, codes
+            yield chunk, lookup
 
 
-def known_channels(pipeline: Pipeline, table: ChannelTable, pairs: Pairs) -> np.ndarray:
+def known_channels(pipeline: Pipeline, table: ChannelTable, chunk: TidyChunk) -> Lookup:
     """Each (device, metric, kind, group) pair's channel if it is registered, BAD_ID if its kind
-    or group is not a valid id, else NEW. ``table`` first takes the channels registered since
-    the last call; then the pairs are looked up in one compiled loop, and the ids of the few
-    distinct kinds and groups are checked. It only reads the registry, which only grows, so
-    the read-ahead thread can run it."""
+    or group is not a valid id, or it is not registered and its device or metric is not,
+    else NEW; and each row's. ``table`` first takes the channels registered since the last
+    call; then the pairs are looked up in one compiled loop, and the ids checked (the
+    distinct kinds and groups, and the device and metric of the pairs not found). It only
+    reads the registry, which only grows, so the reading thread can run it."""
+    pairs = chunk.pairs
     table.follow(pipeline.registry)
     codes = table.find_pairs(pairs.device, pairs.metric)
-    codes[codes < 0] = NEW
-    kind_ok = _valid_ids(pairs.kind, pipeline.settings.channels.kinds[0])
-    codes[~(kind_ok & _valid_ids(pairs.group, "default"))] = BAD_ID
-    return codes
+    ok = _valid_ids(pairs.kind, pipeline.settings.channels.kinds[0])
+    ok &= _valid_ids(pairs.group, "default")
+    new = codes < 0
+    if new.any():  # to be registered: the ids of a registered pair were checked then
+        at = pa.array(np.flatnonzero(new))
+        ok[new] &= _valid_names(pairs.device.take(at)) & _valid_names(pairs.metric.take(at))
+    codes[new] = NEW
+    codes[~ok] = BAD_ID
+    idx = codes[chunk.pair_code]
+    return Lookup(codes, idx, bool(idx.min(initial=0) >= 0 and np.isfinite(chunk.value).all()))
 
 
 def _valid_ids(names: pa.Array, default: str) -> np.ndarray:
@@ -106,22 +124,33 @@ def _valid_ids(names: pa.Array, default: str) -> np.ndarray:
     return ok[pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)]
 
 
-def tidy_batch(pipeline: Pipeline, chunk: TidyChunk, codes: np.ndarray) -> Batch:
-    """Map a tidy chunk's rows to channels with numpy: ``codes`` are its pairs'
-    ``known_channels``; the NEW ones are registered here, in order of first appearance.
+def _valid_names(names: pa.Array) -> np.ndarray:
+    """``valid_id`` of each entry of a string array without nulls, in one compiled pass."""
+    ok = pc.match_substring_regex(names, f"^{ID_PATTERN}$")
+    return ok.to_numpy(zero_copy_only=False)
 
-    Rows without a usable channel or value are counted as dropped, by reason. A registered
-    (device, metric) needs no id check (the registry holds valid ids only).
+
+def tidy_batch(pipeline: Pipeline, chunk: TidyChunk, lookup: Lookup) -> Batch:
+    """A tidy chunk's rows as a batch: ``lookup`` is its ``known_channels``; its NEW pairs are
+    registered here, in order of first appearance.
+
+    Rows without a usable channel or value are counted as dropped, by reason.
     """
-    reg = pipeline.registry
-    default_kind = pipeline.settings.channels.kinds[0]
+    codes = lookup.codes
     new = np.flatnonzero(codes == NEW)
-    for i, (device, metric, kind, group) in zip(new.tolist(), chunk.pairs.take(new), strict=True):
-        c = reg.index.get((device, metric))  # registered after the chunk was read
-        if c is None and valid_id(device) and valid_id(metric):
-            c = reg.channel(device, metric, kind or default_kind, group or "default")
-        codes[i] = BAD_ID if c is None else c
-    idx = codes[chunk.pair_code]
+    if len(new) == 0 and lookup.ready:
+        return Batch(lookup.idx, chunk.ts_ms, chunk.value)
+    idx = lookup.idx
+    if len(new):
+        reg = pipeline.registry
+        default_kind = pipeline.settings.channels.kinds[0]
+        pairs = chunk.pairs.take(new)
+        for i, (device, metric, kind, group) in zip(new.tolist(), pairs, strict=True):
+            c = reg.index.get((device, metric))  # registered after the chunk was read
+            if c is None:
+                c = reg.channel(device, metric, kind or default_kind, group or "default")
+            codes[i] = c
+        idx = codes[chunk.pair_code]
     finite = np.isfinite(chunk.value)
     if idx.min(initial=0) >= 0 and finite.all():
         return Batch(idx, chunk.ts_ms, chunk.value)
@@ -157,7 +186,7 @@ def replay(
     pacer = Pacer(speed, pipeline.flush) if speed else None
     complete = True
     try:
-        for chunk, codes in read_ahead(pipeline, path):
+        for chunk, lookup in read_ahead(pipeline, path):
             if deadline is not None and time.monotonic() >= deadline:
                 complete = False
                 break
@@ -173,8 +202,8 @@ def replay(
                             break
                     message(topic, payload, ts)
             else:
-                assert codes is not None  # read_ahead looks up every tidy chunk's pairs
-                batch = tidy_batch(pipeline, chunk, codes)
+                assert lookup is not None  # read_ahead looks up every tidy chunk's pairs
+                batch = tidy_batch(pipeline, chunk, lookup)
                 if pacer is None:
                     pipeline.readings(batch)
                 else:

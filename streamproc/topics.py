@@ -7,7 +7,8 @@ import re
 FIELDS = ("group", "kind", "device", "metric")
 # Ids that name devices, metrics, kinds and groups. Anything else is rejected, so an id
 # can always be used as a topic segment or a file name without escaping.
-ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+ID_PATTERN = r"[A-Za-z0-9_.:@-]{1,128}"
+ID_RE = re.compile(ID_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@-]")
 
 

@@ -583,7 +583,7 @@ def test_tidy_rows_of_a_known_channel_still_need_a_valid_kind_and_group(tmp_path
         n = len(pairs)
         ts = np.arange(n, dtype=np.int64) + 1_700_000_000_000
         chunk = TidyChunk(ts, np.ones(n), np.arange(n, dtype=np.int32), Pairs.of(pairs), True, True)
-        return tidy_batch(p, chunk, known_channels(p, table, chunk.pairs)).idx.tolist()
+        return tidy_batch(p, chunk, known_channels(p, table, chunk)).idx.tolist()
 
     assert run([("st1", "pm25", "air", "north")]) == [0]
     before = p.counters.dropped.get(cn.INVALID_ID, 0)
@@ -601,6 +601,20 @@ def test_tidy_rows_of_a_known_channel_still_need_a_valid_kind_and_group(tmp_path
     p.close()
 
 
+def test_tidy_pairs_ids_are_checked_in_one_pass_as_valid_id_checks_them() -> None:
+    """The reading thread checks the ids of a chunk's new pairs on the Arrow column at once;
+    it must agree with ``topics.valid_id`` (a full match: no trailing newline, 1 to 128)."""
+    import pyarrow as pa
+
+    from streamproc.runner import _valid_names
+    from streamproc.topics import valid_id
+
+    names = ["st1", "a" * 128, "a" * 129, "", "st1\n", "\nst1", "st 1", "st/1", "é", "a.b:c@d-e_f",
+             "st1\x00", "+", "#", "st\u00a01"]  # fmt: skip
+    assert _valid_names(pa.array(names)).tolist() == [valid_id(n) for n in names]
+    assert _valid_names(pa.array(names).slice(3)).tolist() == [valid_id(n) for n in names[3:]]
+
+
 def test_tidy_rows_without_a_finite_value_are_dropped_and_counted(tmp_path: Path) -> None:
     import numpy as np
 
@@ -613,7 +627,7 @@ def test_tidy_rows_without_a_finite_value_are_dropped_and_counted(tmp_path: Path
     ts = np.arange(5, dtype=np.int64) + 1_700_000_000_000
     pairs = Pairs.of([("st1", "pm25", "air", None), ("st2", "pm25", "air", None)])
     chunk = TidyChunk(ts, value, np.array([0, 1, 0, 1, 1], np.int32), pairs, True, True)
-    batch = tidy_batch(p, chunk, known_channels(p, ChannelTable(), chunk.pairs))
+    batch = tidy_batch(p, chunk, known_channels(p, ChannelTable(), chunk))
     assert (batch.idx.tolist(), batch.value.tolist()) == ([0, 1], [1.0, 2.0])
     assert batch.ts_ms.tolist() == [ts[0], ts[3]]
     assert p.counters.dropped == {cn.INVALID_VALUE: 3}

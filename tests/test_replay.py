@@ -213,7 +213,7 @@ def test_the_next_chunk_is_read_while_one_runs(
             assert read[1].wait(5), "the second chunk was not read while the first was held"
         assert len(chunk.ts_ms) == 10 - (i == 0) - (i == 2) - (i == 4)
         assert known is not None
-        codes.append(known.tolist())
+        codes.append(known.codes.tolist())
         assert runner.tidy_batch(pipeline, chunk, known).idx.tolist() == [0] * len(chunk.ts_ms)
     pipeline.close()
     assert len(reads) == 5
