@@ -42,7 +42,7 @@ class ChannelTable:
         """The channel of each (device[i], metric[i]) of two string arrays without nulls, or
         -1 (int32), in one compiled loop."""
         out = np.empty(len(device), np.int32)
-        gk.find_pairs(*_strings(device), *_strings(metric), *self.arrays(), out)
+        gk.find_pairs(*_strings(device), *_strings(metric), self.n, *self.arrays(), out)
         return out
 
     def add(self, device: bytes, metric: bytes, c: int) -> None:

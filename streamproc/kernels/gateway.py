@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamproc.kernels import kernel
+from streamproc.kernels import kernel, kernel_inline
 from streamproc.times import MS_CUTOFF
 
 OK = 0
@@ -255,22 +255,46 @@ def find(
     keys: np.ndarray,
 ) -> int:
     """The channel of (device, metric), or -1 if it is not in the table."""
+    e = _find_entry(buf, ds, de, dev, ms, me, slots, ent_hash, off, keys)
+    return ent_ch[e] if e >= 0 else -1
+
+
+@kernel
+def _find_entry(
+    buf: np.ndarray,
+    ds: int,
+    de: int,
+    dev: np.ndarray,
+    ms: int,
+    me: int,
+    slots: np.ndarray,
+    ent_hash: np.ndarray,
+    off: np.ndarray,
+    keys: np.ndarray,
+) -> int:
+    """The entry of (device, metric) (see ``find``), or -1."""
     h = _pair_hash(buf, ds, de, dev, ms, me)
-    dlen = len(dev) if ds == TOPIC_DEVICE else de - ds
     mask = len(slots) - 1
     i = np.int64(h & np.uint64(mask))
     while slots[i] >= 0:
         e = slots[i]
-        o = off[e]
-        if ent_hash[e] == h and off[e + 1] - o == dlen + 1 + me - ms and keys[o + dlen] == 0:
-            if ds == TOPIC_DEVICE:
-                same_dev = _same(dev, 0, dlen, keys, o)
-            else:
-                same_dev = _same(buf, ds, de, keys, o)
-            if same_dev and _same(buf, ms, me, keys, o + dlen + 1):
-                return ent_ch[e]
+        if ent_hash[e] == h and _is_entry(e, buf, ds, de, dev, ms, me, off, keys):
+            return e
         i = (i + 1) & mask
     return -1
+
+
+@kernel_inline
+def _is_entry(e: int, buf: np.ndarray, ds: int, de: int, dev: np.ndarray, ms: int, me: int,
+              off: np.ndarray, keys: np.ndarray) -> bool:  # fmt: skip
+    """Whether entry e's key is the device (``buf[ds:de]``, or ``dev`` if ds is TOPIC_DEVICE)
+    and the metric ``buf[ms:me]``."""
+    dlen = len(dev) if ds == TOPIC_DEVICE else de - ds
+    o = off[e]
+    if off[e + 1] - o != dlen + 1 + me - ms or keys[o + dlen] != 0:
+        return False
+    device = _same(dev, 0, dlen, keys, o) if ds == TOPIC_DEVICE else _same(buf, ds, de, keys, o)
+    return device and _same(buf, ms, me, keys, o + dlen + 1)
 
 
 @kernel
@@ -279,6 +303,7 @@ def find_pairs(
     dev: np.ndarray,
     met_off: np.ndarray,
     met: np.ndarray,
+    entries: int,
     slots: np.ndarray,
     ent_hash: np.ndarray,
     ent_ch: np.ndarray,
@@ -287,11 +312,19 @@ def find_pairs(
     out: np.ndarray,
 ) -> None:
     """``find`` for each pair i: device ``dev[dev_off[i]:dev_off[i + 1]]``, metric
-    ``met[met_off[i]:met_off[i + 1]]``."""
+    ``met[met_off[i]:met_off[i + 1]]``. The entry after the previous pair's is tried first:
+    a feed's sensors tend to report in the same order every round, and the table holds them
+    in the order they first came (that check reads what the previous look-up brought into
+    cache; a hash look-up misses it several times)."""
+    guess = -1
     for i in range(len(out)):
         device = dev[dev_off[i] : dev_off[i + 1]]
-        out[i] = find(met, TOPIC_DEVICE, 0, device, met_off[i], met_off[i + 1],
-                      slots, ent_hash, ent_ch, off, keys)  # fmt: skip
+        ms, me = met_off[i], met_off[i + 1]
+        e = guess
+        if not (0 <= e < entries and _is_entry(e, met, TOPIC_DEVICE, 0, device, ms, me, off, keys)):
+            e = _find_entry(met, TOPIC_DEVICE, 0, device, ms, me, slots, ent_hash, off, keys)
+        out[i] = ent_ch[e] if e >= 0 else -1
+        guess = e + 1 if e >= 0 else -1
 
 
 @kernel
@@ -473,7 +506,7 @@ def warm_up() -> None:
     table_insert(slots, ent_hash, 0, 0)
     n = len(buf)
     find(pair, 0, 1, buf[:0], 2, 3, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]), key)
-    find_pairs(np.array([0, 1]), pair[:1], np.array([0, 1]), pair[2:], slots, ent_hash,
+    find_pairs(np.array([0, 1]), pair[:1], np.array([0, 1]), pair[2:], 1, slots, ent_hash,
                np.zeros(1, np.int32), np.array([0, 3]), key, np.empty(1, np.int32))  # fmt: skip
     scan(
         buf, buf[:0], False, 0, 0, 0, 0, slots, ent_hash, np.zeros(1, np.int32), np.array([0, 3]),
