@@ -129,6 +129,25 @@ def test_messages_every_format(tmp_path: Path, suffix: str, chunk_rows: int) -> 
     assert feed_unit(path) == ("rows" if suffix == ".parquet" else "bytes")
 
 
+@pytest.mark.parametrize(("group_rows", "chunk_rows", "sizes"), [
+    (1000, 1024, [1000, 1000, 500]),  # a chunk per row group, not 1024 + 976 + ...
+    (1000, 400, [334, 334, 332, 334, 334, 332, 250, 250]),  # not 400, 400, 200 (or 2, 4)
+])  # fmt: skip
+def test_parquet_chunks_split_row_groups_evenly(
+    tmp_path: Path, group_rows: int, chunk_rows: int, sizes: list[int]
+) -> None:
+    """Chunks are cut from each row group in as few parts of about equal size as ``chunk_rows``
+    allows, not as full chunks and a small remainder where a row group ends."""
+    path = tmp_path / "feed.parquet"
+    n = 2500
+    table = pa.table({"ts": T0 + np.arange(n), "device": [f"d{i % 7}" for i in range(n)],
+                      "metric": ["pm25"] * n, "value": np.arange(n, dtype=float)})  # fmt: skip
+    pq.write_table(table, path, row_group_size=group_rows)
+    chunks, _ = read(path, chunk_rows)
+    assert [len(c) for c in chunks] == sizes
+    assert [c.position for c in chunks] == np.cumsum(sizes).tolist()
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl", ".ndjson"])
 @pytest.mark.parametrize("chunk_rows", [65536, 4])
 def test_tidy_every_format(tmp_path: Path, suffix: str, chunk_rows: int) -> None:

@@ -219,12 +219,26 @@ def _parquet_chunks(
     pf: pq.ParquetFile, shape: str, cols: list[str], counters: Counters, chunk_rows: int, name: str
 ) -> Iterator[Chunk]:
     done = 0
-    for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
+    for batch in _row_group_batches(pf, chunk_rows, cols):
         chunk = _arrow_chunk(batch, shape, counters, name, done)
         done += batch.num_rows
         if chunk is not None:
             chunk.position = done
             yield chunk
+
+
+def _row_group_batches(
+    pf: pq.ParquetFile, chunk_rows: int, cols: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """Each row group in as few batches of about equal size as ``chunk_rows`` allows. pyarrow
+    cuts a file's batches at multiples of the batch size and again where a row group ends
+    (each has its own dictionaries), so groups of 1M read in batches of 2**20 would come as
+    1M, 48,576, 951,424, 97,152, ... rows, half of them small."""
+    for i in range(pf.num_row_groups):
+        rows = pf.metadata.row_group(i).num_rows
+        if rows:
+            size = -(-rows // -(-rows // chunk_rows))
+            yield from pf.iter_batches(batch_size=size, row_groups=[i], columns=cols)
 
 
 def _csv_header(path: Path) -> list[str] | None:
