@@ -230,10 +230,10 @@ def _parquet_chunks(
 def _row_group_batches(
     pf: pq.ParquetFile, chunk_rows: int, cols: list[str]
 ) -> Iterator[pa.RecordBatch]:
-    """Each row group in as few batches of about equal size as ``chunk_rows`` allows. pyarrow
-    cuts a file's batches at multiples of the batch size and again where a row group ends
-    (each has its own dictionaries), so groups of 1M read in batches of 2**20 would come as
-    1M, 48,576, 951,424, 97,152, ... rows, half of them small."""
+    """Each row group in as few batches of about equal size as ``chunk_rows`` allows. Over a
+    whole file, pyarrow cuts batches at multiples of the batch size and, with columns read as
+    dictionaries (a tidy feed's names), again where a row group ends: groups of 1M read in
+    batches of 2**20 would come as 1M, 48,576, 951,424, 97,152, ... rows, half of them small."""
     for i in range(pf.num_row_groups):
         rows = pf.metadata.row_group(i).num_rows
         if rows:
