@@ -259,7 +259,7 @@ def find(
     return ent_ch[e] if e >= 0 else -1
 
 
-@kernel
+@kernel_inline
 def _find_entry(
     buf: np.ndarray,
     ds: int,
@@ -272,7 +272,8 @@ def _find_entry(
     off: np.ndarray,
     keys: np.ndarray,
 ) -> int:
-    """The entry of (device, metric) (see ``find``), or -1."""
+    """The entry of (device, metric) (see ``find``), or -1. Compiled into its callers: the
+    gateway scan runs ``find`` for every reading."""
     h = _pair_hash(buf, ds, de, dev, ms, me)
     mask = len(slots) - 1
     i = np.int64(h & np.uint64(mask))
