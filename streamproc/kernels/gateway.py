@@ -260,18 +260,9 @@ def find(
 
 
 @kernel_inline
-def _find_entry(
-    buf: np.ndarray,
-    ds: int,
-    de: int,
-    dev: np.ndarray,
-    ms: int,
-    me: int,
-    slots: np.ndarray,
-    ent_hash: np.ndarray,
-    off: np.ndarray,
-    keys: np.ndarray,
-) -> int:
+def _find_entry(buf: np.ndarray, ds: int, de: int, dev: np.ndarray, ms: int, me: int,
+                slots: np.ndarray, ent_hash: np.ndarray, off: np.ndarray,
+                keys: np.ndarray) -> int:  # fmt: skip
     """The entry of (device, metric) (see ``find``), or -1. Compiled into its callers: the
     gateway scan runs ``find`` for every reading."""
     h = _pair_hash(buf, ds, de, dev, ms, me)
