@@ -118,9 +118,9 @@ def known_channels(pipeline: Pipeline, table: ChannelTable, chunk: TidyChunk) ->
 
 
 def _valid_ids(names: pa.Array, default: str) -> np.ndarray:
-    """Per entry: whether it (``default`` where null) is a valid id."""
+    """Per entry: whether it (``default`` where null) is a valid id; checked once per value."""
     enc = pc.dictionary_encode(names)
-    ok = np.array([valid_id(v or default) for v in [*enc.dictionary.to_pylist(), None]])
+    ok = np.append(_valid_names(pc.fill_null(enc.dictionary, default)), valid_id(default))
     return ok[pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)]
 
 
