@@ -696,6 +696,23 @@ def test_prefetch_compiles_to_a_prefetch_instruction_and_changes_nothing():
     assert emitted >= 2, "no prefetch instruction emitted"
 
 
+def test_prefetch_record_compiles_to_a_prefetch_and_changes_nothing():
+    from numba import njit
+
+    from streamproc.kernels.prefetch import prefetch_record
+
+    @njit
+    def touch(a, c):
+        prefetch_record(a, c)
+        return a[c]
+
+    rec = np.zeros(10, np.dtype([("t", np.int64), ("pad", np.uint8, 312)], align=True))
+    rec["t"] = np.arange(10)
+    assert touch(rec["t"], 7) == 7 and touch(rec["t"], 9) == 9
+    asm = next(iter(touch.inspect_asm().values()))
+    assert asm.count("prefetch") + asm.count("prfm") >= 1, "no prefetch instruction emitted"
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamproc.kernels import kernel, kernel_inline
-from streamproc.kernels.prefetch import prefetch, prefetch2
+from streamproc.kernels.prefetch import prefetch, prefetch2, prefetch_record
 from streamproc.kernels.rules import (
     EV_OPEN,
     EV_RESOLVE,
@@ -418,55 +418,23 @@ def _cusum(c, e, m, base, dev, pos, neg, prm, p, o):
     return z, stat
 
 
-@kernel
-def _prefetch_rows(c, prof, last_ts, ival, st, pos, cnt, s1, s2, a_row, se_row,
-                   agg_n, agg_sum, agg_min, agg_max, agg_last, agg_last_ts, agg_score):  # fmt: skip
-    """Prefetch channel c's state that every reading uses (the first of two stages)."""
+@kernel_inline
+def _prefetch_state(c, prof, last_ts):
+    """Prefetch channel c's profile and record (the first of two stages)."""
     prefetch(prof, c)
-    prefetch(last_ts, c)
-    prefetch(ival, c)
-    prefetch(st, c)
-    prefetch(pos, c)
-    prefetch(cnt, c)
-    prefetch(s1, c)
-    prefetch(s2, c)
-    prefetch(a_row, c)
-    prefetch(se_row, c)
-    prefetch(agg_n, c)
-    prefetch(agg_sum, c)
-    prefetch(agg_min, c)
-    prefetch(agg_max, c)
-    prefetch(agg_last, c)
-    prefetch(agg_last_ts, c)
-    prefetch(agg_score, c)
+    prefetch_record(last_ts, c)
 
 
-@kernel
-def _prefetch_rules(c, prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
-                    cu_n, cu_base, cu_dev, cu_pos, cu_neg, lv_n, lv_mean, lv_var, se_row, se_z,
-                    a_row, a_sev, a_flap, a_since, a_last_open, a_peak, a_score):  # fmt: skip
-    """Prefetch what channel c's rules will read, found from the state the first stage
-    brought in: the ring's newest values, the enabled rules' arrays, the alert row."""
+@kernel_inline
+def _prefetch_rows(c, ring, pos, se_row, se_z, a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
+                   a_score):  # fmt: skip
+    """Prefetch the rows outside channel c's record that its reading will use, found from the
+    record the first stage brought in: the ring's newest values, the seasonal row, the alert
+    row."""
     window = ring.shape[1]
     k = pos[c]
-    prefetch2(ring, c, k - 1 if k > 0 else window - 1)
-    prefetch2(ring, c, k)
+    prefetch2(ring, c, k - 1 if k > 0 else window - 1)  # a line holding k - 1 or k + 1 holds k
     prefetch2(ring, c, k + 1 if k + 1 < window else 0)
-    p = prof[c]
-    if prm[p, P_FL_ON] > 0:
-        prefetch(flat_n, c)
-        prefetch(flat_t0, c)
-        prefetch(flat_learnt, c)
-    if prm[p, P_CU_ON] > 0:
-        prefetch(cu_n, c)
-        prefetch(cu_base, c)
-        prefetch(cu_dev, c)
-        prefetch(cu_pos, c)
-        prefetch(cu_neg, c)
-    if prm[p, P_LV_ON] > 0:
-        prefetch(lv_n, c)
-        prefetch(lv_mean, c)
-        prefetch(lv_var, c)
     r = se_row[c]
     if r >= 0:
         prefetch(se_z, r)
@@ -492,9 +460,9 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                      ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak, ev_score, ev_sev,
                      counts):  # fmt: skip
     """Run readings ``start..stop`` of a batch; returns (next reading, events written).
-    ``buf`` is scratch space of at least ``2 * window`` floats. The state of the channel
-    ``2 * ahead`` readings ahead is prefetched, and then, ``ahead`` readings ahead, what its
-    rules need (0: no prefetch).
+    ``buf`` is scratch space of at least ``2 * window`` floats. The record of the channel
+    ``2 * ahead`` readings ahead is prefetched, and then, ``ahead`` readings ahead, the rows
+    outside it that its reading needs (0: no prefetch).
 
     Stops early, before a reading, when fewer than N_RULES event slots or no free alert row
     remain; the caller drains the events (grows the alert tables) and calls again from the
@@ -509,14 +477,10 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
             return i, ne
         if ahead > 0:
             if i + 2 * ahead < stop:
-                _prefetch_rows(idx[i + 2 * ahead], prof, last_ts, ival, st, pos, cnt, s1, s2,
-                               a_row, se_row, agg_n, agg_sum, agg_min, agg_max, agg_last,
-                               agg_last_ts, agg_score)  # fmt: skip
+                _prefetch_state(idx[i + 2 * ahead], prof, last_ts)
             if i + ahead < stop:
-                _prefetch_rules(idx[i + ahead], prof, prm, ring, pos, flat_n, flat_t0, flat_learnt,
-                                cu_n, cu_base, cu_dev, cu_pos, cu_neg, lv_n, lv_mean, lv_var,
-                                se_row, se_z, a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
-                                a_score)  # fmt: skip
+                _prefetch_rows(idx[i + ahead], ring, pos, se_row, se_z, a_row, a_sev, a_flap,
+                               a_since, a_last_open, a_peak, a_score)  # fmt: skip
         c = idx[i]
         t = ts[i]
         x = val[i]
@@ -550,6 +514,8 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         x32 = np.float32(x)
         xv = np.float64(x32)
         n = cnt[c]
+        head = pos[c]  # where x will go; the newest value is just before it
+        prev = np.float64(ring[c, head - 1 if head > 0 else window - 1])
         score = 0.0
 
         # threshold
@@ -588,7 +554,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
             mean = s1[c] / nd
             var = s2[c] / nd - mean * mean
             sd = max(np.sqrt(var) if var > 0 else 0.0, prm[p, P_Z_MIN_STD])
-            d = xv - np.float64(ring[c, (pos[c] - 1) % window])
+            d = xv - prev
             z = (d - mean) / sd if sd > 0 else 0.0
             az = abs(z)
             z_open = prm[p, P_Z_OPEN]
@@ -605,7 +571,6 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         # their detection limit for days, and elsewhere.
         if prm[p, P_FL_ON] > 0:
             tol = prm[p, P_FL_TOL]
-            prev = np.float64(ring[c, (pos[c] - 1) % window])
             same = n > 0 and abs(xv - prev) <= tol
             if same:
                 flat_n[c] += 1
@@ -639,8 +604,8 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         # hampel: the previous reading jumped (robustly far from the window's changes) and x
         # takes the jump back
         if prm[p, P_HP_ON] > 0 and n >= prm[p, P_HP_MIN_N]:
-            x1 = np.float64(ring[c, (pos[c] - 1) % window])
-            x2 = np.float64(ring[c, (pos[c] - 2) % window])
+            x1 = prev
+            x2 = np.float64(ring[c, head - 2 if head > 1 else head - 2 + window])
             jump = x1 - x2
             z = 0.0
             back = abs(xv - x2) <= prm[p, P_HP_BACK] * abs(jump)
@@ -668,7 +633,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         fall = prm[p, P_RT_FALL]
         if n > 0 and (rise == rise or fall == fall):
             dt_s = max(float(t - prev_ts), prm[p, P_RT_MIN_DT_MS]) / 1000.0
-            rate = (xv - np.float64(ring[c, (pos[c] - 1) % window])) / dt_s
+            rate = (xv - prev) / dt_s
             q = 0.0
             if rate > 0 and rise == rise:
                 q = rate / rise
@@ -768,13 +733,13 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                 lv_n[c] = m + 1
 
         # the window takes x; s1, s2 sum the changes between consecutive values in it
-        k = pos[c]
+        k = head
         if n > 0:
-            dn = xv - np.float64(ring[c, (k - 1) % window])
+            dn = xv - prev
             s1[c] += dn
             s2[c] += dn * dn
         if n == window:
-            dold = np.float64(ring[c, (k + 1) % window]) - np.float64(ring[c, k])
+            dold = np.float64(ring[c, k + 1 if k + 1 < window else 0]) - np.float64(ring[c, k])
             s1[c] -= dold
             s2[c] -= dold * dold
         else:
