@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_round_robin.py [--channels 10000 100000] [--config FILE]
                                             [--prefetch-ahead N]
+                                            [--checkouts DIR ... [--rounds 4]]
 
 Channels report in a fixed round-robin order, one reading each every 30 s of event time, as
 in ``replay_large.py``'s feed (PM2.5 stations, a level per channel plus noise), in batches of
@@ -9,21 +10,22 @@ in ``replay_large.py``'s feed (PM2.5 stations, a level per channel plus noise), 
 built-in ones), so the figure is the kernel's share of a replay, timers included (dropout
 sweeps every 60 s of event time, interval closes). Each channel's window is filled first;
 then 3 x 100 batches are timed and the best of the three is printed.
+
+With ``--checkouts`` (``git worktree add /tmp/before REV``), each round runs one process per
+checkout, alternating, that imports that checkout's streamproc; the figures of each checkout
+are then printed sorted, since on a shared host one round can be much slower than the next.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-from streamproc import counters as C
-from streamproc.batch import Batch
-from streamproc.config import load
-from streamproc.detect import Detector, warm_up
-from streamproc.registry import Registry
 
 START_MS = 1_767_225_600_000
 INTERVAL_MS = 30_000
@@ -31,6 +33,12 @@ TIMED = 100  # batches per timing
 
 
 def measure(channels: int, config: Path | None, ahead: int | None) -> float:
+    from streamproc import counters as C
+    from streamproc.batch import Batch
+    from streamproc.config import load
+    from streamproc.detect import Detector, warm_up
+    from streamproc.registry import Registry
+
     settings = load(config)
     warm_up(settings)
     reg = Registry(settings.channels)
@@ -69,10 +77,38 @@ def main() -> None:
     ap.add_argument("--channels", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--config", type=Path, help="TOML configuration (default: built-in)")
     ap.add_argument("--prefetch-ahead", type=int, help="readings between prefetch and use")
+    ap.add_argument("--checkouts", nargs="+", help="checkouts to compare, alternated")
+    ap.add_argument("--rounds", type=int, default=4, help="with --checkouts")
     args = ap.parse_args()
+    if args.checkouts:
+        compare(args)
+        return
     for n in args.channels:
         ns = measure(n, args.config, args.prefetch_ahead)
         print(f"{n:,} channels: {ns:,.0f} CPU ns per reading", flush=True)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Run this script once per checkout and round, alternating; print each one's figures."""
+    opts = ["--channels", *map(str, args.channels)]
+    if args.config:
+        opts += ["--config", str(args.config.resolve())]
+    if args.prefetch_ahead is not None:
+        opts += ["--prefetch-ahead", str(args.prefetch_ahead)]
+    seen: dict[tuple[str, str], list[int]] = {}
+    for r in range(args.rounds):
+        for root in args.checkouts:
+            root = str(Path(root).resolve())
+            env = os.environ | {"PYTHONPATH": root}
+            out = subprocess.run([sys.executable, __file__, *opts], env=env, cwd="/",
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            for line in out.splitlines():
+                where, figure = line.split(": ")
+                ns = int(figure.split()[0].replace(",", ""))
+                seen.setdefault((root, where), []).append(ns)
+                print(f"round {r + 1}: {root}: {line}", flush=True)
+    for (root, where), all_ns in seen.items():
+        print(f"{root}, {where}: {' / '.join(map(str, sorted(all_ns)))} CPU ns per reading, sorted")
 
 
 if __name__ == "__main__":
