@@ -734,6 +734,29 @@ def test_selection_finds_every_order_statistic(values):
             assert sorted(buf) == list(want)  # a permutation of the input
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(-3, 3).map(float), st.floats(-1e6, 1e6, allow_nan=False)),
+        min_size=1,
+        max_size=70,
+    ),
+    st.one_of(st.integers(-4, 4).map(float), st.floats(-1e7, 1e7, allow_nan=False)),
+)
+def test_selection_from_a_guess_finds_every_order_statistic(values, guess):
+    """The selection that walks from a guess: every rank, from guesses near and far (those
+    more than SELECT_STEPS distinct values away fall back on ``_kth``), the values left as
+    they were."""
+    from streamproc.kernels.bank import _kth_from
+
+    data = np.array(values)
+    want = np.sort(data)
+    for k in range(len(data)):
+        work = np.full(len(data) + 1, np.nan)
+        assert _kth_from(data, len(data), k, guess, work) == want[k]  # -0.0 == 0.0 as well
+        assert list(data) == values
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     st.lists(

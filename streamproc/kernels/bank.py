@@ -153,6 +153,8 @@ FLAT_FLOOR_RISE = 0.001  # a reading above the floor lifts it by this share of t
 # reading below it is off the floor: a sensor failing below all it has read)
 FL_OFF_FLOOR, FL_AT_FLOOR, FL_FLOOR, FL_FLOOR_VALUE = range(4)
 DROPOUT_SCORE = 0.75
+SELECT_STEPS = 8  # distinct values _kth_from visits from its guess before it selects instead
+ORDER_BITS = np.int64(0x7FFFFFFFFFFFFFFF)
 SWEEP_AHEAD = 16  # channels between the dropout sweep's prefetch of a record and its use
 SEASON_BINS = 48  # hour of day x (weekday, weekend)
 SEASON_BIN_MS = 3_600_000
@@ -338,23 +340,85 @@ def _kth(buf, n, k):
     return buf[k]
 
 
+@kernel_inline
+def _order_key(bits):
+    """The int64 bits of a float64 as a key that orders as the float does (for non-NaN values;
+    the transform is its own inverse)."""
+    return bits ^ ((bits >> 63) & ORDER_BITS)
+
+
+@kernel_inline
+def _kth_from(vals, n, k, guess, work):
+    """The k-th smallest of vals[:n] (0-based), leaving vals as it is; ``work[:n]`` scratch.
+
+    From ``guess``, the distinct values next to it are visited in order, each found and counted
+    by passes over the values' order keys that compile to vector code, until the one of rank
+    k; a guess a few values from the answer (the mean of a window's changes for their median)
+    needs a few such passes, where a selection pays a partition of dependent stores. After
+    SELECT_STEPS values it falls back on selection (``_kth``) of a copy."""
+    keys = work[:n].view(np.int64)
+    bits = vals[:n].view(np.int64)
+    for j in range(n):
+        keys[j] = _order_key(bits[j])
+    work[n] = guess  # one slot more: the guess's own key
+    t = _order_key(work[n : n + 1].view(np.int64)[0])
+    below = 0
+    for j in range(n):
+        below += keys[j] < t
+    up = k >= below  # the answer is at or above the guess
+    found = False
+    m = t
+    for _ in range(SELECT_STEPS):
+        if up:  # the smallest key from t up
+            m = ORDER_BITS
+            for j in range(n):
+                v = keys[j]
+                m = min(m, v if v >= t else ORDER_BITS)
+        else:  # the largest key below t
+            m = -ORDER_BITS - 1
+            for j in range(n):
+                v = keys[j]
+                m = max(m, v if v < t else -ORDER_BITS - 1)
+        e = 0
+        for j in range(n):
+            e += keys[j] == m
+        if up:
+            found = k < below + e
+            below += e
+            t = m + 1
+        else:
+            below -= e
+            found = below <= k
+            t = m
+        if found:
+            break
+    if found:
+        out = work[n : n + 1].view(np.int64)
+        out[0] = _order_key(m)
+        return work[n]
+    for j in range(n):
+        work[j] = vals[j]
+    return _kth(work, n, k)
+
+
 @kernel
 def _change_spread(ring, c, pos, n, window, buf, min_std):
     """Median and robust spread (1.4826 x MAD, at least 1.2533 x the mean absolute deviation,
     at least ``min_std``) of the changes between the ``n`` newest values of ring row ``c``
-    (the next write at ``pos``); uses ``buf[:2 * (n - 1)]``."""
+    (the next write at ``pos``); uses ``buf[:2 * n - 1]``."""
     k = (pos - n) % window  # the oldest value
     nd = n - 1
-    for j in range(nd):  # the changes, twice: the selection reorders the first
+    oldest = np.float64(ring[c, k])
+    for j in range(nd):
         k1 = k + 1 if k + 1 < window else 0
-        d = np.float64(ring[c, k1]) - np.float64(ring[c, k])
-        buf[j] = d
-        buf[nd + j] = d
+        buf[j] = np.float64(ring[c, k1]) - np.float64(ring[c, k])
         k = k1
-    med = _kth(buf, nd, nd // 2)
+    work = buf[nd:]
+    # the changes' mean (they telescope) is near their median on noisy windows
+    med = _kth_from(buf, nd, nd // 2, (np.float64(ring[c, k]) - oldest) / nd, work)
     sum_ad = 0.0
     for j in range(nd):
-        buf[j] = abs(buf[nd + j] - med)
+        buf[j] = abs(buf[j] - med)
         sum_ad += buf[j]
     floor = max(1.2533 * sum_ad / nd, min_std)
     # the MAD (the (nd // 2)-th smallest deviation) only matters if 1.4826 x MAD can exceed the
@@ -366,7 +430,9 @@ def _change_spread(ring, c, pos, n, window, buf, min_std):
         below += buf[j] < r
     if below > nd // 2:
         return med, floor
-    return med, max(1.4826 * _kth(buf, nd, nd // 2), floor)
+    # for normal changes the MAD is 0.845 x their mean absolute deviation
+    mad = _kth_from(buf, nd, nd // 2, 0.8453 * sum_ad / nd, work)
+    return med, max(1.4826 * mad, floor)
 
 
 @kernel
