@@ -349,7 +349,7 @@ def _order_key(bits):
 
 @kernel_inline
 def _kth_from(vals, n, k, guess, work):
-    """The k-th smallest of vals[:n] (0-based), leaving vals as it is; ``work[:n]`` scratch.
+    """The k-th smallest of vals[:n] (0-based), leaving vals as it is; ``work[:n + 1]`` scratch.
 
     From ``guess``, the distinct values next to it are visited in order, each found and counted
     by passes over the values' order keys that compile to vector code, until the one of rank
