@@ -713,14 +713,16 @@ def test_prefetch_record_compiles_to_a_prefetch_and_changes_nothing():
     assert asm.count("prefetch") + asm.count("prfm") >= 1, "no prefetch instruction emitted"
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.one_of(st.integers(-3, 3).map(float), st.floats(-1e6, 1e6, allow_nan=False)),
-        min_size=1,
-        max_size=70,
-    )
+# windows for the selections: many ties, and values far apart
+SELECTION_VALUES = st.lists(
+    st.one_of(st.integers(-3, 3).map(float), st.floats(-1e6, 1e6, allow_nan=False)),
+    min_size=1,
+    max_size=70,
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(SELECTION_VALUES)
 def test_selection_finds_every_order_statistic(values):
     """The hampel rule's selection (many ties, sorted and reversed runs included)."""
     from streamproc.kernels.bank import _kth
@@ -736,11 +738,7 @@ def test_selection_finds_every_order_statistic(values):
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(
-        st.one_of(st.integers(-3, 3).map(float), st.floats(-1e6, 1e6, allow_nan=False)),
-        min_size=1,
-        max_size=70,
-    ),
+    SELECTION_VALUES,
     st.one_of(st.integers(-4, 4).map(float), st.floats(-1e7, 1e7, allow_nan=False)),
 )
 def test_selection_from_a_guess_finds_every_order_statistic(values, guess):
