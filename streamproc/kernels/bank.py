@@ -360,14 +360,13 @@ def _kth_from(vals, n, k, guess, work):
     bits = vals[:n].view(np.int64)
     for j in range(n):
         keys[j] = _order_key(bits[j])
-    work[n] = guess  # one slot more: the guess's own key
-    t = _order_key(work[n : n + 1].view(np.int64)[0])
+    slot = work[n : n + 1]  # one slot more, to turn a float into its key and back
+    slot[0] = guess
+    t = _order_key(slot.view(np.int64)[0])
     below = 0
     for j in range(n):
         below += keys[j] < t
     up = k >= below  # the answer is at or above the guess
-    found = False
-    m = t
     for _ in range(SELECT_STEPS):
         if up:  # the smallest key from t up
             m = ORDER_BITS
@@ -383,19 +382,17 @@ def _kth_from(vals, n, k, guess, work):
         for j in range(n):
             e += keys[j] == m
         if up:
-            found = k < below + e
+            if k < below + e:
+                slot.view(np.int64)[0] = _order_key(m)
+                return slot[0]
             below += e
             t = m + 1
         else:
             below -= e
-            found = below <= k
+            if below <= k:
+                slot.view(np.int64)[0] = _order_key(m)
+                return slot[0]
             t = m
-        if found:
-            break
-    if found:
-        out = work[n : n + 1].view(np.int64)
-        out[0] = _order_key(m)
-        return work[n]
     for j in range(n):
         work[j] = vals[j]
     return _kth(work, n, k)
@@ -676,7 +673,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
             z = 0.0
             back = abs(xv - x2) <= prm[p, P_HP_BACK] * abs(jump)
             if jump != 0 and (xv - x1) * jump < 0 and back:
-                med, sd = _change_spread(ring, c, pos[c], n, window, buf, prm[p, P_HP_MIN_STD])
+                med, sd = _change_spread(ring, c, head, n, window, buf, prm[p, P_HP_MIN_STD])
                 z = abs(jump - med) / sd if sd > 0 else 0.0
                 share = prm[p, P_HP_SIBLINGS]
                 if share > 0 and z >= prm[p, P_HP_Z_OPEN]:  # a real event moves several
