@@ -611,21 +611,25 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                             ne)  # fmt: skip
 
         # rolling z-score of the change x - previous, against the changes in the window
-        # (a daily trend shifts their mean a little; a spike or a dip stands out at once)
+        # (a daily trend shifts their mean a little; a spike or a dip stands out at once); its
+        # square against each limit squared, and the score from it: no square root
         if prm[p, P_Z_ON] > 0 and n >= prm[p, P_Z_MIN_N]:
             nd = n - 1
             mean = s1[c] / nd
             var = s2[c] / nd - mean * mean
-            sd = max(np.sqrt(var) if var > 0 else 0.0, prm[p, P_Z_MIN_STD])
-            d = xv - prev
-            z = (d - mean) / sd if sd > 0 else 0.0
-            az = abs(z)
+            min_sd = prm[p, P_Z_MIN_STD]
+            var = max(var if var > 0 else 0.0, min_sd * min_sd)  # sd^2, with sd >= min_std
+            e = (xv - prev) - mean
+            z2 = e * e / var if var > 0 else 0.0
             z_open = prm[p, P_Z_OPEN]
-            sc = _ratio_score(az / z_open)
+            lim = z_open * z_open
+            sc = z2 / (z2 + lim)
             score = max(score, sc)
-            sev = SEV_CRITICAL if az >= prm[p, P_Z_CRIT] else SEV_WARNING
-            ne = step_alert(c, R_ZSCORE, t, az >= z_open, az >= prm[p, P_Z_CLOSE], sev, sc, x,
-                            0, g, st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak,
+            z_crit = prm[p, P_Z_CRIT]
+            z_close = prm[p, P_Z_CLOSE]
+            sev = SEV_CRITICAL if z2 >= z_crit * z_crit else SEV_WARNING
+            ne = step_alert(c, R_ZSCORE, t, z2 >= lim, z2 >= z_close * z_close, sev, sc, x, 0,
+                            g, st, a_row, a_free, a_sev, a_flap, a_since, a_last_open, a_peak,
                             a_score, ev_ch, ev_rule, ev_kind, ev_ts, ev_opened, ev_peak,
                             ev_score, ev_sev, ne)  # fmt: skip
 
