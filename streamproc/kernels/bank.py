@@ -782,15 +782,19 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
                 lv_var[c] = 0.0
             else:
                 e = xv - lv_mean[c]
-                sd = max(np.sqrt(lv_var[c]), prm[p, P_LV_MIN_STD])
-                if m >= prm[p, P_LV_MIN_N] and sd > 0:
-                    az = abs(e) / sd
+                min_sd = prm[p, P_LV_MIN_STD]
+                var = max(lv_var[c], min_sd * min_sd)  # sd^2: as zscore, no square root
+                if m >= prm[p, P_LV_MIN_N] and var > 0:
+                    z2 = e * e / var
                     z_open = prm[p, P_LV_Z_OPEN]
-                    sc = _ratio_score(az / z_open)
+                    lim = z_open * z_open
+                    sc = z2 / (z2 + lim)
                     score = max(score, sc)
-                    sev = SEV_CRITICAL if az >= prm[p, P_LV_Z_CRIT] else SEV_WARNING
-                    ne = step_alert(c, R_LEVEL, t, az >= z_open, az >= prm[p, P_LV_Z_CLOSE], sev,
-                                    sc, x, 0, g, st, a_row, a_free, a_sev, a_flap, a_since,
+                    z_crit = prm[p, P_LV_Z_CRIT]
+                    z_close = prm[p, P_LV_Z_CLOSE]
+                    sev = SEV_CRITICAL if z2 >= z_crit * z_crit else SEV_WARNING
+                    ne = step_alert(c, R_LEVEL, t, z2 >= lim, z2 >= z_close * z_close, sev, sc,
+                                    x, 0, g, st, a_row, a_free, a_sev, a_flap, a_since,
                                     a_last_open, a_peak, a_score, ev_ch, ev_rule, ev_kind, ev_ts,
                                     ev_opened, ev_peak, ev_score, ev_sev, ne)  # fmt: skip
                 a = max(prm[p, P_LV_ALPHA], 1.0 / (m + 1))
