@@ -32,7 +32,7 @@ OUTPUTS = ("alerts.jsonl", "snapshots", "alerts")
 DEMO_MARK = ".streamproc-demo"
 # Readings per batch in a replay. The live daemon's batch.max_readings (10,000) bounds its
 # latency; a replay has none to bound, and each batch costs ~0.1-0.2 ms of Python besides the
-# kernels (50M readings: 6-10 % faster than in batches of 10,000; benchmarks/RESULTS.md).
+# kernels (50M readings: 5-8 % faster than in batches of 10,000; benchmarks/RESULTS.md).
 REPLAY_BATCH = 100_000
 
 

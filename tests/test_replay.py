@@ -37,12 +37,13 @@ def replay(feed: Path, out: Path, *extra: str) -> list[dict]:
 
 
 def test_alerts_identical_whatever_the_batch_size(city: Path, tmp_path: Path) -> None:
-    sizes = (1, 97, 10_000, 100_000)  # the last: replay's default
+    sizes = ("1", "97", "10000", None)  # None: replay's default
     runs = [
-        replay(city / "feed.parquet", tmp_path / f"b{size}", "--batch-size", str(size))
-        for size in sizes[:-1]
+        replay(
+            city / "feed.parquet", tmp_path / f"b{size}", *(("--batch-size", size) if size else ())
+        )
+        for size in sizes
     ]
-    runs.append(replay(city / "feed.parquet", tmp_path / f"b{sizes[-1]}"))
     assert len(runs[0]) > 10  # the feed has injected anomalies: alerts must come out
     assert {a["rule"] for a in runs[0]} >= {"zscore", "flatline", "dropout"}
     assert all(run == runs[0] for run in runs)
