@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -182,9 +183,14 @@ def replay(
 ) -> bool:
     """Run a feed file through the pipeline and close it. ``speed``: event-time seconds per
     wall second (None: as fast as possible). ``deadline``: a ``time.monotonic()`` at which to
-    stop early. Returns True if the whole feed was read."""
+    stop early. Returns True if the whole feed was read.
+
+    While it runs, the objects that exist when it starts (modules, compiled kernels: most of a
+    fresh process's) are frozen (``gc.freeze``): the cyclic collector's full passes then walk
+    only the replay's own, which spares ~0.2-0.3 s of them while 100k new channels register."""
     pacer = Pacer(speed, pipeline.flush) if speed else None
     complete = True
+    gc.freeze()
     try:
         for chunk, lookup in read_ahead(pipeline, path):
             if deadline is not None and time.monotonic() >= deadline:
@@ -213,5 +219,6 @@ def replay(
             if on_progress is not None:
                 on_progress(chunk.position)
     finally:
+        gc.unfreeze()
         pipeline.close()
     return complete
