@@ -235,7 +235,7 @@ def test_objects_older_than_a_replay_are_frozen_while_it_runs(city: Path, tmp_pa
     assert gc.get_freeze_count() == 0
     pipeline = Pipeline(Settings(), tmp_path / "out")
     frozen: list[int] = []
-    pipeline.listeners.append(lambda _alert: frozen.append(gc.get_freeze_count()))
+    pipeline.listeners.append(lambda _alerts: frozen.append(gc.get_freeze_count()))
     runner.replay(pipeline, city / "feed.parquet")
     assert frozen and frozen[0] > 1000  # the modules at least
     assert gc.get_freeze_count() == 0
