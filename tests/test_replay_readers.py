@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.counters import MALFORMED, Counters
+from streamproc.kernels.feed import extend_key
 from streamproc.sources import replay
 from streamproc.sources.replay import (
     MessageChunk,
@@ -289,6 +290,22 @@ def test_dense_codes_follow_first_appearance(keys: list[int], hashed: bool) -> N
     assert code.tolist() == [order[k] for k in keys]
     assert first.tolist() == [keys.index(k) for k in order]
     assert count == len(order)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2**40), st.integers(-1, 2**20)), max_size=100),
+    st.integers(1, 2**20 + 2),
+    st.booleans(),
+)
+def test_a_key_extends_by_a_column_as_the_integers_do(
+    rows: list[tuple[int, int]], size: int, wide: bool
+) -> None:
+    """``extend_key``: key * size + code + 1 per row, for int32 and int64 codes (-1: null)."""
+    key = np.array([k for k, _ in rows], np.int64)
+    codes = np.array([c for _, c in rows], np.int64 if wide else np.int32)
+    extend_key(key, codes, size)
+    assert key.tolist() == [k * size + c + 1 for k, c in rows]
 
 
 def test_mixed_text_ts(tmp_path: Path) -> None:

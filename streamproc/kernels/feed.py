@@ -27,6 +27,13 @@ def first_appearance(key: np.ndarray, table: np.ndarray, out: np.ndarray, first:
 
 
 @kernel
+def extend_key(key: np.ndarray, codes: np.ndarray, size: int) -> None:
+    """``key = key * size + codes + 1`` in place: one pass, where numpy takes three."""
+    for i in range(len(key)):
+        key[i] = key[i] * size + codes[i] + 1
+
+
+@kernel
 def epoch_ms(
     raw: np.ndarray, valid: np.ndarray, limit: int, out: np.ndarray, ok: np.ndarray
 ) -> None:

@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from streamproc.counters import MALFORMED, Counters
-from streamproc.kernels.feed import epoch_ms, first_appearance
+from streamproc.kernels.feed import epoch_ms, extend_key, first_appearance
 from streamproc.times import MS_CUTOFF, MS_PER_S, number_to_ms, parse_rfc3339_ms
 
 MESSAGE_COLUMNS = ("ts", "topic", "payload")
@@ -547,9 +547,7 @@ def _pairs(names: dict[str, _Names]) -> tuple[np.ndarray, Pairs]:
         size = len(d) + 1
         if card * size >= MAX_ABS_MS:
             key, _, card = _dense(key, card)
-        key *= size  # in place: no temporaries of a chunk's length
-        key += codes
-        key += 1
+        extend_key(key, codes, size)
         card *= size
     code, rows, _ = _dense(key, card)
 
