@@ -45,10 +45,6 @@ class ChannelTable:
         gk.find_pairs(*_strings(device), *_strings(metric), self.n, *self.arrays(), out)
         return out
 
-    def add(self, device: bytes, metric: bytes, c: int) -> None:
-        """Add (device, metric) -> c; the caller knows it is not in the table."""
-        self.add_keys([device + b"\0" + metric], np.array([c], np.int32))
-
     def add_keys(self, keys: list[bytes], channels: np.ndarray) -> None:
         """Add each key (``device + b"\\0" + metric``) -> its channel at once: the hashing
         and the slots in compiled loops. The caller knows that none is in the table."""

@@ -88,20 +88,24 @@ class GatewayScan:
             return
         payload, dev, misses = self.missed
         self.missed = None
-        added = set()
+        added: dict[bytes, int] = {}  # key -> channel, each key once, in one add_keys
         for ds, de, ms, me in self.miss[:misses].tolist():
             device = bytes(dev) if ds == gk.TOPIC_DEVICE else payload[ds:de]
             metric = payload[ms:me]
-            c = self.registry.index.get((device.decode(), metric.decode()))
-            if c is not None and (device, metric) not in added:
-                added.add((device, metric))
-                self.table.add(device, metric, c)
+            key = device + b"\0" + metric
+            if key not in added:
+                c = self.registry.index.get((device.decode(), metric.decode()))
+                if c is not None:
+                    added[key] = c
+        self.table.add_keys(list(added), np.fromiter(added.values(), np.int32, len(added)))
 
     def know(self, channels: Iterable[int]) -> None:
         """Add registered channels to the table (a device's first message, decoded the general
         way), unless they are in it."""
+        added: dict[bytes, int] = {}
         for c in channels:
             names = self.registry.describe(c)
             device, metric = names["device"].encode(), names["metric"].encode()
             if self.table.find(device, metric) < 0:
-                self.table.add(device, metric, c)
+                added[device + b"\0" + metric] = c
+        self.table.add_keys(list(added), np.fromiter(added.values(), np.int32, len(added)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,13 +22,21 @@ any_text = st.text(st.characters(codec="utf-8"), max_size=6)
     others=st.lists(st.tuples(any_text, any_text), max_size=20),
     large=st.booleans(),
     skip=st.integers(0, 3),
+    group=st.integers(1, 9),
 )
 def test_pairs_are_found_as_a_dict_finds_them(
-    entries: dict[tuple[str, str], int], others: list[tuple[str, str]], large: bool, skip: int
+    entries: dict[tuple[str, str], int],
+    others: list[tuple[str, str]],
+    large: bool,
+    skip: int,
+    group: int,
 ) -> None:
     table = ChannelTable()
-    for (device, metric), c in entries.items():
-        table.add(device.encode(), metric.encode(), c)
+    items = list(entries.items())
+    for a in range(0, len(items), group):  # added a few at a time: the table grows between
+        part = items[a : a + group]
+        keys = [f"{d}\0{m}".encode() for (d, m), _ in part]
+        table.add_keys(keys, np.array([c for _, c in part], np.int32))
     asked = [("pad", "pad")] * skip + list(entries) + others
     string = pa.large_string() if large else pa.string()
     # sliced arrays: their offsets start past the buffer's first
