@@ -2,8 +2,9 @@
 through ``streamproc run`` (all detectors, alert log, snapshots, alerts to MQTT), QoS 1 and 0;
 and, for comparison, the same stream to a bare gmqtt subscriber that only counts.
 
-    python benchmarks/live_ingest.py [--channels 500] [--duration 1d] [--qos 1 0] [--raw]
-                                     [--batch N] [--config FILE] [--inflight 20]
+    python benchmarks/live_ingest.py [--channels 500] [--duration 1d] [--interval-s S]
+                                     [--qos 1 0] [--raw] [--batch N] [--config FILE]
+                                     [--inflight 20]
 
 Reports messages per second from the first publish to the last message processed (daemon) or
 received (bare subscriber: same protocol, filters and QoS as the daemon, in its own process).
@@ -17,7 +18,9 @@ acknowledge QoS 1 on arrival); ``--inflight`` sets mosquitto's ``max_inflight_me
 QoS 1 messages that may wait for a subscriber's acknowledgement (the daemon acknowledges only
 after its journal's fsync). The feed covers a whole simulated day in seconds, so it also writes one
 snapshot interval (three Parquet files) every few milliseconds: far more snapshot work than
-live traffic causes. To measure another checkout, point ``PYTHONPATH`` at it and run from a
+live traffic causes. ``--interval-s`` sets every sensor's report interval (5 s or more): a
+shorter one puts more readings in each snapshot interval, as a faster live stream would, and
+more readings per channel after its first. To measure another checkout, point ``PYTHONPATH`` at it and run from a
 directory that holds no ``streamproc/`` (the daemon starts as ``python -m streamproc.cli``,
 which puts the current directory first on ``sys.path``).
 """
@@ -128,6 +131,8 @@ def main() -> None:
     ap.add_argument("--qos", type=int, nargs="+", choices=(0, 1), default=[1, 0])
     ap.add_argument("--raw", action="store_true", help="publish with the raw-socket publisher")
     ap.add_argument("--batch", type=int, help="regroup into gateway batches of N readings")
+    ap.add_argument("--interval-s", type=float, help="every sensor's report interval "
+                    "(default: the simulator's, 120-300 s)")  # fmt: skip
     ap.add_argument("--config", help="the daemon's configuration file")
     ap.add_argument("--inflight", type=int, default=20, help="mosquitto max_inflight_messages")
     ap.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
@@ -139,6 +144,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         cfg = sim.SimConfig(args.channels, sim.parse_duration(args.duration), seed=3)
+        if args.interval_s:
+            cfg.interval_s = dict.fromkeys(cfg.interval_s, args.interval_s)
         feed, _ = sim.write(cfg, work / "feed")
         rows = [(topic, payload) for _, topic, payload in sim.iter_messages(pq.read_table(feed))]
         if args.batch:

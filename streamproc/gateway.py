@@ -71,7 +71,7 @@ class GatewayScan:
         hi = min(self.hi_ms, recv_ms + self.future_ms)
         status, n, misses = gk.scan(
             buf, dev, has_dev, messages, recv_ms, self.lo_ms, hi,
-            *self.table.arrays(), self.met,
+            self.table.n, *self.table.arrays(), self.met,
             self.out_idx, self.out_ts, self.out_val, self.miss,
         )  # fmt: skip
         self.fell_back_at = n if status == gk.FALLBACK else -1
