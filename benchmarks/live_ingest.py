@@ -20,9 +20,9 @@ after its journal's fsync). The feed covers a whole simulated day in seconds, so
 snapshot interval (three Parquet files) every few milliseconds: far more snapshot work than
 live traffic causes. ``--interval-s`` sets every sensor's report interval (5 s or more): a
 shorter one puts more readings in each snapshot interval, as a faster live stream would, and
-more readings per channel after its first. To measure another checkout, point ``PYTHONPATH`` at it and run from a
-directory that holds no ``streamproc/`` (the daemon starts as ``python -m streamproc.cli``,
-which puts the current directory first on ``sys.path``).
+more readings per channel after its first. To measure another checkout, point ``PYTHONPATH``
+at it and run from a directory that holds no ``streamproc/`` (the daemon starts as
+``python -m streamproc.cli``, which puts the current directory first on ``sys.path``).
 """
 
 from __future__ import annotations
