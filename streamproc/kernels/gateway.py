@@ -511,6 +511,6 @@ def warm_up() -> None:
                np.zeros(1, np.int32), np.array([0, 3]), key, np.empty(1, np.int32))  # fmt: skip
     scan(
         buf, buf[:0], False, 0, 0, 0, 0, 1, slots, ent_hash, np.zeros(1, np.int32),
-        np.array([0, 3]), key, np.empty((MAX_METRICS, 2), np.int64), np.empty(n, np.int32), np.empty(n, np.int64),
-        np.empty(n), np.empty((1, 4), np.int64),
+        np.array([0, 3]), key, np.empty((MAX_METRICS, 2), np.int64), np.empty(n, np.int32),
+        np.empty(n, np.int64), np.empty(n), np.empty((1, 4), np.int64),
     )  # fmt: skip
