@@ -95,20 +95,45 @@ def test_a_failed_write_leaves_no_torn_frame(
     j = journal.Journal(tmp_path)
     j.append("t", b"kept", 1)
     j.commit().result()
-    real_write = os.write
+    real_writev = os.writev
 
-    def half_then_full(fd: int, data: bytes) -> int:
-        real_write(fd, bytes(data[: len(data) // 2]))
+    def half_then_full(fd: int, buffers: list[memoryview]) -> int:
+        data = b"".join(buffers)
+        real_writev(fd, [data[: len(data) // 2]])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(journal.os, "write", half_then_full)
+    monkeypatch.setattr(journal.os, "writev", half_then_full)
     j.append("t", b"lost" * 100, 2)
     with pytest.raises(OSError, match="No space"):
         j.commit().result()
-    monkeypatch.setattr(journal.os, "write", real_write)
+    monkeypatch.setattr(journal.os, "writev", real_writev)
     j.append("t", b"after", 3)
     j.close()
     assert list(journal.read(tmp_path)) == [("t", b"kept", 1), ("t", b"after", 3)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(msgs=messages, cut=st.integers(1, 50), iov_max=st.integers(1, 4))
+def test_short_writes_are_carried_on_to_the_whole_frame(
+    tmp_path_factory: pytest.TempPathFactory, msgs: list, cut: int, iov_max: int
+) -> None:
+    """A ``writev`` that writes fewer bytes than asked, and a system limit of a few buffers
+    per call: the frame is still written whole and in order."""
+    folder = tmp_path_factory.mktemp("j")
+    real_writev = os.writev
+
+    def short(fd: int, buffers: list[memoryview]) -> int:
+        assert len(buffers) <= iov_max
+        return real_writev(fd, [b"".join(buffers)[:cut]])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(journal.os, "writev", short)
+        mp.setattr(journal, "IOV_MAX", iov_max)
+        j = journal.Journal(folder)
+        for m in msgs:
+            j.append(*m)
+        j.close()
+    assert list(journal.read(folder)) == msgs
 
 
 def _pipeline(out: Path) -> Pipeline:
