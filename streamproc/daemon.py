@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -151,6 +152,20 @@ class Daemon:
                      self.settings.metrics.listen)  # fmt: skip
         await asyncio.to_thread(warm_up, self.settings)
         self.warmed = True
+        gc.freeze()  # see _run_frozen
+        try:
+            await self._run_frozen(stop)
+        finally:
+            gc.unfreeze()
+        if server is not None:
+            server.close()
+        return 0
+
+    async def _run_frozen(self, stop: asyncio.Event) -> None:
+        """Restore, connect, ingest until ``stop``, shut down: with the objects of the start
+        (modules, compiled kernels) frozen (``gc.freeze``), so the cyclic collector's full
+        passes walk only the objects made since, such as a new sensor's, and stay short (a
+        pass over the start's objects took 40-80 ms while 50,000 sensors first reported)."""
         if self.settings.checkpoint.enabled:
             restored = checkpoint.restore(self.pipeline, self.checkpoint_path)
             if self.journal is not None:
@@ -162,9 +177,6 @@ class Daemon:
                 tasks.append(asyncio.create_task(self._checkpoints()))
             await stop.wait()
         await self._shutdown(tasks)
-        if server is not None:
-            server.close()
-        return 0
 
     async def _batches(self) -> None:
         """Run the batch when it is due, every ``batch.max_delay_ms`` (read again each time,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,3 +70,22 @@ def test_the_batch_timer_runs_every_max_delay_and_takes_a_reload(daemon: Daemon)
     # on a fixed grid from the first batch: one late batch makes the next gap shorter
     assert 0.030 <= runs[3] - runs[0] < 0.090, runs  # three of the default 10 ms
     assert runs[5] - runs[0] >= 0.030 + 2 * 0.060, runs  # then two of the new 60 ms
+
+
+def test_the_objects_of_the_start_are_frozen_while_the_daemon_runs(tmp_path: Path) -> None:
+    """Restore, ingest and shutdown run with the start's objects frozen (``gc.freeze``), so
+    the collector's full passes skip them; they are unfrozen when ``run`` returns."""
+    d = Daemon(from_dict({"output": {"dir": str(tmp_path)}, "checkpoint": {"enabled": False},
+                          "metrics": {"listen": ""}}))  # fmt: skip
+    frozen: list[int] = []
+
+    async def ingest(stop: asyncio.Event) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    d._run_frozen = ingest  # type: ignore[method-assign]
+    try:
+        assert asyncio.run(asyncio.wait_for(d.run(), 60)) == 0
+    finally:
+        d.pipeline.close()
+    assert frozen and frozen[0] > 1000  # the modules at least
+    assert gc.get_freeze_count() == 0
