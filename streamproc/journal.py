@@ -32,7 +32,6 @@ log = logging.getLogger("streamproc")
 FRAME = struct.Struct("<II")
 RECORD = struct.Struct("<HIq")
 SUFFIX = ".journal"
-IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
 
 def segment_path(folder: Path, n: int) -> Path:
@@ -72,8 +71,8 @@ class Journal:
     def commit(self) -> Future[int]:
         """Write and fsync everything appended so far (in the order of the commits); the
         future gives the bytes written or raises the ``OSError``."""
-        parts, self._parts = self._parts, []
-        return self._thread.submit(self._write, self.segment, parts)
+        data, self._parts = b"".join(self._parts), []
+        return self._thread.submit(self._write, self.segment, data)
 
     def rotate(self) -> Future[int]:
         """Commit the buffer to the current segment and start a new one (``self.segment``)."""
@@ -94,10 +93,10 @@ class Journal:
             self._fd = None
 
     # -- on the journal thread ----------------------------------------------------------
-    def _write(self, segment: int, parts: list[bytes]) -> int:
-        """One frame of ``parts``, written as they are (no copy into one buffer: the copy
-        would hold the GIL for the whole commit) and fdatasynced."""
-        if not parts:
+    def _write(self, segment: int, data: bytes) -> int:
+        """``data`` as one frame, fdatasynced. The frame's header and ``data`` go out in one
+        ``writev``: joining them would copy the whole commit while holding the GIL."""
+        if not data:
             return 0
         fd = self._fd
         if fd is None or self._fd_segment != segment:
@@ -108,20 +107,16 @@ class Journal:
             fd = self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
             self._fd_segment = segment
             _fsync_dir(self.folder)  # the new file's name is durable too
-        crc = size = 0
-        for part in parts:
-            crc = zlib.crc32(part, crc)
-            size += len(part)
         end = os.lseek(fd, 0, os.SEEK_END)
         try:
-            _write_all(fd, [FRAME.pack(crc, size), *parts])
+            _write_all(fd, [FRAME.pack(zlib.crc32(data), len(data)), data])
             os.fdatasync(fd)
         except OSError:
             with contextlib.suppress(OSError):  # no torn frame before the next ones
                 os.ftruncate(fd, end)
             raise
-        self.bytes_written += FRAME.size + size
-        return FRAME.size + size
+        self.bytes_written += FRAME.size + len(data)
+        return FRAME.size + len(data)
 
     def _prune(self, before: int) -> None:
         for n in segments(self.folder):
@@ -130,16 +125,14 @@ class Journal:
 
 
 def _write_all(fd: int, buffers: list[bytes]) -> None:
-    """Write every buffer, in order, with as few ``writev`` calls as the system allows."""
+    """Write the buffers, in order, with ``writev``, carrying on after short writes."""
     views = [memoryview(b) for b in buffers]
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i : i + IOV_MAX])
-        while i < len(views) and n >= len(views[i]):
-            n -= len(views[i])
-            i += 1
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
         if n:
-            views[i] = views[i][n:]
+            views[0] = views[0][n:]
 
 
 def _fsync_dir(folder: Path) -> None:
