@@ -357,10 +357,10 @@ def scan(
 
     ``dev``: the topic's device bytes (``has_dev`` False if the topic has none); times must
     lie in [lo_ms, hi_ms]; ``recv_ms`` is the time of entries that carry none; the table
-    holds ``table_n`` entries. ``messages``
-    > 0: the array holds that many messages coalesced (``streamproc.coalesce``), one entry
-    each; another number of entries, or an entry without its own ``ts`` or without a metric
-    (which the general decoder would time or count apart), falls back. Outputs:
+    holds ``table_n`` entries. ``messages`` > 0: the array holds that many messages
+    coalesced (``streamproc.coalesce``), one entry each; another number of entries, or an
+    entry without its own ``ts`` or without a metric (which the general decoder would time
+    or count apart), falls back. Outputs:
     ``out_idx``, ``out_ts``, ``out_val`` (room for ``len(buf) // 5 + 1`` readings) and, on a
     MISS, the device and metric spans of up to ``len(miss)`` unknown pairs in ``miss``
     (rows ``ds, de, ms, me``; ``ds`` TOPIC_DEVICE for the topic's device). ``met`` is scratch
