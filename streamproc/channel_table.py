@@ -71,6 +71,10 @@ class ChannelTable:
         else:
             gk.table_insert(self.slots, self.ent_hash, e0, e1 - 1)
 
+    def add_dict(self, channels: dict[bytes, int]) -> None:
+        """``add_keys`` for a dict of key -> channel."""
+        self.add_keys(list(channels), np.fromiter(channels.values(), np.int32, len(channels)))
+
     def follow(self, registry: Registry) -> None:
         """Add the channels registered since the last call: the table then holds exactly the
         registry's channels. Only reads the registry, which only grows (a channel keeps its

@@ -88,7 +88,7 @@ class GatewayScan:
             return
         payload, dev, misses = self.missed
         self.missed = None
-        added: dict[bytes, int] = {}  # key -> channel, each key once, in one add_keys
+        added: dict[bytes, int] = {}  # key -> channel, each key once, added at once
         for ds, de, ms, me in self.miss[:misses].tolist():
             device = bytes(dev) if ds == gk.TOPIC_DEVICE else payload[ds:de]
             metric = payload[ms:me]
@@ -97,7 +97,7 @@ class GatewayScan:
                 c = self.registry.index.get((device.decode(), metric.decode()))
                 if c is not None:
                     added[key] = c
-        self.table.add_keys(list(added), np.fromiter(added.values(), np.int32, len(added)))
+        self.table.add_dict(added)
 
     def know(self, channels: Iterable[int]) -> None:
         """Add registered channels to the table (a device's first message, decoded the general
@@ -108,4 +108,4 @@ class GatewayScan:
             device, metric = names["device"].encode(), names["metric"].encode()
             if self.table.find(device, metric) < 0:
                 added[device + b"\0" + metric] = c
-        self.table.add_keys(list(added), np.fromiter(added.values(), np.int32, len(added)))
+        self.table.add_dict(added)
