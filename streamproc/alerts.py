@@ -10,15 +10,21 @@ Lifecycle per (channel, rule), decided in ``kernels.bank``::
 
 An alert that opened ``flap_max`` times within ``flap_window_s`` is flapping: it then needs
 ``flap_hold_s`` of clear readings to resolve, so it stays one alert instead of many.
+
+With ``repeat_discount`` k > 0, a channel that keeps alerting has its alerts ranked lower: an
+alert's score (open, update and resolve alike) is its rule's score divided by 1 + k x the
+alerts the channel opened before it, any rule, each weighted exp(-age / ``repeat_tau_s``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
+from streamproc.config import AlertSettings
 from streamproc.kernels.rules import EV_OPEN, EV_RESOLVE, EV_UPDATE, RULES, SEVERITIES
 from streamproc.registry import Registry
 from streamproc.times import format_ms
@@ -106,13 +112,51 @@ def _message(rule: str, event: str, names: dict[str, str], peak: float, sev: str
     return f"{sev} {rule} alert {verb}: {what}: {detail}"
 
 
-class AlertBook:
-    """Turns kernel events into Alert records and keeps the set of open alerts."""
+class RepeatDiscount:
+    """The channels' recent alert openings, decayed in event time, and the score factor of a
+    new alert from them: ``1 / (1 + k * load)``."""
 
-    def __init__(self, registry: Registry):
+    def __init__(self, k: float, tau_s: float):
+        self.k = k
+        self.tau_ms = tau_s * 1000.0
+        self.load = np.zeros(0)  # per channel, as of ``at``
+        self.at = np.zeros(0, np.int64)  # event time (ms) of the channel's last opening
+
+    def factor(self, c: int, t_ms: int) -> float:
+        """The factor of an alert of channel ``c`` opening at ``t_ms``, which it then counts."""
+        if c >= len(self.load):
+            grow = max(c + 1, 2 * len(self.load)) - len(self.load)
+            self.load = np.concatenate((self.load, np.zeros(grow)))
+            self.at = np.concatenate((self.at, np.zeros(grow, np.int64)))
+        age = max(t_ms - int(self.at[c]), 0)
+        load = float(self.load[c]) * math.exp(-age / self.tau_ms)
+        self.load[c] = load + 1.0
+        self.at[c] = t_ms
+        return 1.0 / (1.0 + self.k * load)
+
+
+class AlertBook:
+    """Turns kernel events into Alert records and keeps the set of open alerts (and, with a
+    repeat discount, each one's score factor)."""
+
+    def __init__(self, registry: Registry, settings: AlertSettings):
         self.registry = registry
+        self.discount: RepeatDiscount | None = None
         self.open: dict[tuple[int, int], Alert] = {}
+        self.factor: dict[tuple[int, int], float] = {}
         self.opened_total = 0
+        self.configure(settings)
+
+    def configure(self, settings: AlertSettings) -> None:
+        """Take the repeat discount of ``settings`` (at start and on reload); the channels'
+        history of openings is kept while the discount stays on."""
+        k, tau_s = settings.repeat_discount, settings.repeat_tau_s
+        if not k:
+            self.discount = None
+        elif self.discount is None:
+            self.discount = RepeatDiscount(k, tau_s)
+        else:
+            self.discount.k, self.discount.tau_ms = k, tau_s * 1000.0
 
     def apply(self, ev: Events) -> list[Alert]:
         out = []
@@ -126,6 +170,12 @@ class AlertBook:
             opened = int(ev.opened_ms[i])
             ts = int(ev.ts_ms[i])
             peak = float(ev.peak[i])
+            if self.discount is not None and kind == EV_OPEN:
+                self.factor[(c, r)] = self.discount.factor(c, opened)
+            if kind == EV_RESOLVE:
+                factor = self.factor.pop((c, r), 1.0)
+            else:
+                factor = self.factor.get((c, r), 1.0)
             alert = Alert(
                 id=f"{names['device']}/{names['metric']}/{rule}/{opened}",
                 event=event,
@@ -141,7 +191,7 @@ class AlertBook:
                 opened_at_ms=opened,
                 resolved_at_ms=ts if kind == EV_RESOLVE else None,
                 peak_value=peak,
-                score=float(ev.score[i]),
+                score=float(ev.score[i]) * factor,
                 message=_message(rule, event, names, peak, sev),
             )
             if kind == EV_RESOLVE:

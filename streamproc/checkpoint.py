@@ -3,7 +3,8 @@ it stopped (windows, open alerts, timers, the intervals not yet written).
 
 One uncompressed ``.npz`` (numpy's zip of ``.npy`` arrays, read without pickle): every state
 array cut to the channels in use, the channel names in registration order, and a JSON
-document with the scalars, the open alerts and the alerts of the unwritten intervals. It is
+document with the scalars, the open alerts and the alerts of the unwritten intervals (and,
+with ``alerts.repeat_discount``, the channels' recent alert openings). It is
 written to a temporary file, fsynced and renamed over the old one, so a crash leaves either
 the old checkpoint or the new one.
 
@@ -84,6 +85,7 @@ class Checkpointer:
             "next_tick": d.next_tick,
             "open_k": d.open_k,
             "open_alerts": [dataclasses.astuple(a) for a in p.book.open.values()],
+            "open_factors": [[c, r, f] for (c, r), f in p.book.factor.items()],
             "interval_alerts": [dataclasses.astuple(a) for a in p.unwritten_alerts],
             **_alert_log_mark(p),
         }
@@ -93,6 +95,9 @@ class Checkpointer:
         arrays |= {f"state.{k}": v[: d.season_rows].copy() for k, v in d.season.items()}
         arrays |= {f"state.{k}": v.copy() for k, v in d.alert_rows.items()}
         arrays["state.a_free"] = d.a_free.copy()
+        if p.book.discount is not None:
+            arrays["repeat.load"] = p.book.discount.load.copy()
+            arrays["repeat.at"] = p.book.discount.at.copy()
         arrays["counts"] = d.counts.copy()
         arrays["names"] = np.frombuffer(bytes(self._names), np.uint8)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
@@ -202,9 +207,13 @@ def _load(p: Pipeline, path: Path) -> dict[str, Any]:
         d.season_rows = len(d.season["se_z"])
         d.assign_seasonal()  # channels whose profile enabled the rule since the checkpoint
         d.counts[:] = z["counts"]
+        if p.book.discount is not None and "repeat.load" in z:
+            p.book.discount.load = z["repeat.load"].copy()
+            p.book.discount.at = z["repeat.at"].copy()
     d.wm, d.next_tick, d.open_k = meta["wm"], meta["next_tick"], meta["open_k"]
     open_alerts = [Alert(*a) for a in meta["open_alerts"]]
     p.book.open = {(a.channel, RULES.index(a.rule)): a for a in open_alerts}
+    p.book.factor = {(c, r): f for c, r, f in meta.get("open_factors", [])}
     p.unwritten_alerts = [Alert(*a) for a in meta["interval_alerts"]]
     log.info("checkpoint %s restored: %d channels, %d open alerts, saved %.0f s ago",
              path, reg.n, len(open_alerts), time.time() - meta["saved_at"])  # fmt: skip

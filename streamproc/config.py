@@ -65,6 +65,8 @@ class AlertSettings:
     flap_window_s: float = 3600.0
     flap_max: int = 3
     flap_hold_s: float = 3600.0
+    repeat_discount: float = 0.0
+    repeat_tau_s: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -462,6 +464,8 @@ def _validate(s: Settings) -> None:
     _check_positive("alerts.flap_window_s", s.alerts.flap_window_s, strict=False)
     _check_positive("alerts.flap_max", s.alerts.flap_max)
     _check_positive("alerts.flap_hold_s", s.alerts.flap_hold_s, strict=False)
+    _check_positive("alerts.repeat_discount", s.alerts.repeat_discount, strict=False)
+    _check_positive("alerts.repeat_tau_s", s.alerts.repeat_tau_s)
     _check_positive("snapshots.interval_s", s.snapshots.interval_s)
     if not 0 <= s.snapshots.grace_s < s.snapshots.interval_s:
         raise ConfigError("snapshots.grace_s", "must be >= 0 and < snapshots.interval_s")

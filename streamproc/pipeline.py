@@ -62,7 +62,7 @@ class Pipeline:
         self.decoder = Decoder(settings, self.registry, self.counters, self.builder)
         self.coalescer = Coalescer(self.decoder)
         self.detector = Detector(settings, self.registry, self.counters)
-        self.book = AlertBook(self.registry)
+        self.book = AlertBook(self.registry, settings.alerts)
         self.alert_log = AlertLog(self.out_dir / "alerts.jsonl")
         self.snapshots = SnapshotWriter(self.out_dir, self.registry)
         self.alert_files = AlertParquetWriter(self.out_dir)
@@ -81,6 +81,7 @@ class Pipeline:
     def reload(self, settings: Settings) -> None:
         """New rule, threshold, alert and batch settings; state and open alerts are kept."""
         self.detector.reload(settings)
+        self.book.configure(settings.alerts)
         self.settings = settings
         self.max_readings = settings.batch.max_readings
 

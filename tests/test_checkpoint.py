@@ -15,9 +15,11 @@ from streamproc.config import Settings, from_dict, load
 from streamproc.pipeline import Pipeline
 from streamproc.sources import simulate as sim
 
-# every rule on, the seasonal one using its bins after minutes, so that all state is exercised
+# every rule on, the seasonal one using its bins after minutes, and alerts ranked by their
+# channel's recent alerts, so that all state is exercised
 EVERY_RULE = from_dict(
     {
+        "alerts": {"repeat_discount": 0.5, "repeat_tau_s": 3600},
         "rules": {
             "cusum": {"enabled": True},
             "seasonal": {
@@ -36,7 +38,7 @@ EVERY_RULE = from_dict(
                 "slow_alpha": 0.05,
                 "min_duration_s": 0,
             },
-        }
+        },
     }
 )
 
