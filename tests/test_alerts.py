@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.streaming import eval_settings, run_series
-from streamproc.alerts import RepeatDiscount
+from streamproc.alerts import Alert, RepeatDiscount
 from streamproc.config import ConfigError, Settings, from_dict
 from streamproc.pipeline import Pipeline
 
@@ -25,7 +25,7 @@ def test_earlier_openings_weigh_by_their_age() -> None:
     assert d.factor(1000, 3 * HOUR_MS) == 1.0  # another channel, its first alert
 
 
-def _run(alerts: dict[str, float]) -> list:
+def _run(alerts: dict[str, float]) -> list[Alert]:
     """A pipe pressure channel that breaches its upper limit (10 bar) for 15 minutes every
     3 hours, each time higher (past the critical limit from the fourth time: an update), for
     two days; the alerts it raises."""
