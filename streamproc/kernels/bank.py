@@ -489,11 +489,22 @@ def _prefetch_state(c, prof, last_ts):
 
 
 @kernel_inline
-def _prefetch_rows(c, ring, pos, se_row, se_z, a_row, a_sev, a_flap, a_since, a_last_open, a_peak,
-                   a_score):  # fmt: skip
-    """Prefetch the rows outside channel c's record that its reading will use, found from the
-    record the first stage brought in: the ring's newest values, the seasonal row, the alert
-    row."""
+def _season_bin(t, offset_ms):
+    """The seasonal profile's bin of event time t (ms): the local hour of the day, plus
+    SEASON_BINS // 2 on a weekend day."""
+    local = t + offset_ms
+    sb = (local % DAY_MS) // SEASON_BIN_MS
+    if (local // DAY_MS + 3) % 7 >= 5:  # day 0 (1970-01-01) was a Thursday
+        sb += SEASON_BINS // 2
+    return sb
+
+
+@kernel_inline
+def _prefetch_rows(c, t, prof, prm, ring, pos, se_row, se_mean, se_dev, se_w, se_z, a_row, a_sev,
+                   a_flap, a_since, a_last_open, a_peak, a_score):  # fmt: skip
+    """Prefetch the rows outside channel c's record that its reading (at time t) will use,
+    found from the record the first stage brought in: the ring's newest values, the seasonal
+    row and the bin of t in its tables, the alert row."""
     window = ring.shape[1]
     k = pos[c]
     prefetch2(ring, c, k - 1 if k > 0 else window - 1)  # a line holding k - 1 or k + 1 holds k
@@ -501,6 +512,10 @@ def _prefetch_rows(c, ring, pos, se_row, se_z, a_row, a_sev, a_flap, a_since, a_
     r = se_row[c]
     if r >= 0:
         prefetch(se_z, r)
+        sb = _season_bin(t, np.int64(prm[prof[c], P_SE_OFFSET_MS]))
+        prefetch2(se_mean, r, sb)
+        prefetch2(se_dev, r, sb)
+        prefetch2(se_w, r, sb)
     b = a_row[c]
     if b >= 0:
         prefetch(a_sev, b)
@@ -542,8 +557,9 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
             if i + 2 * ahead < stop:
                 _prefetch_state(idx[i + 2 * ahead], prof, last_ts)
             if i + ahead < stop:
-                _prefetch_rows(idx[i + ahead], ring, pos, se_row, se_z, a_row, a_sev, a_flap,
-                               a_since, a_last_open, a_peak, a_score)  # fmt: skip
+                _prefetch_rows(idx[i + ahead], ts[i + ahead], prof, prm, ring, pos, se_row,
+                               se_mean, se_dev, se_w, se_z, a_row, a_sev, a_flap, a_since,
+                               a_last_open, a_peak, a_score)  # fmt: skip
         c = idx[i]
         t = ts[i]
         x = val[i]
@@ -740,10 +756,7 @@ def process_readings(idx, ts, val, start, stop, late_before_ms, out_score, buf, 
         # brings on this channel, learnt online; the z-score is smoothed over readings
         r = se_row[c]
         if r >= 0 and prm[p, P_SE_ON] > 0:
-            local = t + np.int64(prm[p, P_SE_OFFSET_MS])
-            sb = (local % DAY_MS) // SEASON_BIN_MS
-            if (local // DAY_MS + 3) % 7 >= 5:  # day 0 (1970-01-01) was a Thursday
-                sb += SEASON_BINS // 2
+            sb = _season_bin(t, np.int64(prm[p, P_SE_OFFSET_MS]))
             w = np.float64(se_w[r, sb])
             mean = np.float64(se_mean[r, sb])
             dv = np.float64(se_dev[r, sb])
